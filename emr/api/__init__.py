@@ -1,0 +1,1 @@
+"""The FHIR REST API: HTTP in, store calls, FHIR JSON out."""

@@ -1,0 +1,77 @@
+"""The FastAPI application: lifespan (database, store), error handling, routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from emr import __version__
+from emr.api.formats import is_pretty
+from emr.api.pipeline import Interceptor, Pipeline
+from emr.api.responses import ApiError, outcome_response, status_of
+from emr.api.routes import router
+from emr.database import open_database
+from emr.settings import Settings, get_settings
+from fhir_store import FhirStore, StoreError
+from fhir_store.errors import Issue, ResourceGone
+from fhir_store.resource_types import resource_types
+
+log = logging.getLogger("emr")
+
+
+def create_app(settings: Settings | None = None, interceptors: list[Interceptor] | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        resource_types()  # load the models now, not on the first request
+        async with open_database(settings) as db:
+            store = FhirStore(db)
+            await store.ensure_indexes()
+            app.state.store = store
+            yield
+
+    app = FastAPI(title="An Giang EMR", version=__version__, lifespan=lifespan,
+                  description="FHIR R4 server of the An Giang hospitals' EMR.")
+    app.state.settings = settings
+    app.state.pipeline = Pipeline(interceptors)
+    app.include_router(router)
+    _install_error_handlers(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every failure becomes an OperationOutcome; nothing leaks as an HTML or bare 500 page."""
+
+    @app.exception_handler(StoreError)
+    async def store_error(request: Request, exc: StoreError) -> Response:
+        headers = {"ETag": f'W/"{exc.version_id}"'} if isinstance(exc, ResourceGone) else None
+        return outcome_response(status_of(exc), exc.issues, pretty=is_pretty(request), headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        return outcome_response(exc.status, exc.issues, pretty=is_pretty(request))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = f"No FHIR interaction at {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not supported at {request.url.path}"
+        return outcome_response(exc.status_code, [Issue(code, message)], pretty=is_pretty(request))
+
+    @app.exception_handler(RequestValidationError)
+    async def request_error(request: Request, exc: RequestValidationError) -> Response:
+        return outcome_response(400, [Issue("invalid", str(exc))], pretty=is_pretty(request))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return outcome_response(500, [Issue("exception", "Internal server error; the details are in the server log")])

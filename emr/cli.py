@@ -1,0 +1,34 @@
+"""The `emr` command line for IT staff."""
+
+from __future__ import annotations
+
+import typer
+
+from emr.settings import get_settings
+
+app = typer.Typer(help="An Giang EMR: run the FHIR server and look after its data.", no_args_is_help=True,
+                  rich_markup_mode=None)
+
+
+@app.callback()
+def main() -> None:
+    """An Giang EMR. Configure with EMR_* environment variables (see README: Configuration)."""
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="Address to listen on (default: EMR_HOST or 127.0.0.1)."),
+    port: int = typer.Option(None, help="Port to listen on (default: EMR_PORT or 8080)."),
+) -> None:
+    """Run the FHIR server. Without EMR_MONGODB_URI it starts the embedded database in EMR_DATA_DIR."""
+    import uvicorn
+
+    from emr.app import create_app
+
+    settings = get_settings()
+    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
+                log_level="info", proxy_headers=True)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,128 @@
+"""The embedded MongoDB-wire server (SecantusDB) used when `EMR_MONGODB_URI` is unset.
+
+It runs in a child process so that the database and the API do not share one
+GIL. The first `emr` process to need it starts it and writes its address to
+`<data dir>/mongodb.json`; every later `emr` process (import, backup, ...)
+finds that file and connects to the running server instead of opening the
+WiredTiger files a second time, which WiredTiger's lock would refuse. The child
+exits when its parent does (its stdin closes), so no server is left orphaned.
+
+Only this module knows SecantusDB; the rest of the code speaks the standard
+MongoDB API and runs unchanged against a real MongoDB replica set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+
+ADDRESS_FILE = "mongodb.json"
+_START_TIMEOUT_S = 60.0
+
+
+@dataclass
+class EmbeddedServer:
+    """A handle on the embedded server: its URI, and the child process if we own it."""
+
+    uri: str
+    data_dir: Path
+    process: subprocess.Popen[str] | None = field(default=None, repr=False)
+
+    @property
+    def owned(self) -> bool:
+        return self.process is not None
+
+    def close(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(OSError):
+            if self.process.stdin:
+                self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        address = self.data_dir / ADDRESS_FILE
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(address.read_text()).get("uri") == self.uri:
+                address.unlink()
+        self.process = None
+
+
+def ensure_embedded(data_dir: Path) -> EmbeddedServer:
+    """Connect to the embedded server serving `data_dir`, starting it if none is running."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / ".embedded.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one starter at a time
+        running = _running_server(data_dir)
+        if running:
+            return EmbeddedServer(running, data_dir)
+        return _start(data_dir)
+
+
+def _running_server(data_dir: Path) -> str | None:
+    try:
+        info = json.loads((data_dir / ADDRESS_FILE).read_text())
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    client: MongoClient[dict[str, object]] = MongoClient(info["uri"], serverSelectionTimeoutMS=2000)
+    try:
+        client.admin.command("ping")
+        return str(info["uri"])
+    except PyMongoError:
+        return None
+    finally:
+        client.close()
+
+
+def _start(data_dir: Path) -> EmbeddedServer:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "emr.embedded_db", str(data_dir / "db")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert process.stdout is not None
+    timer = threading.Timer(_START_TIMEOUT_S, process.kill)
+    timer.start()
+    try:
+        uri = process.stdout.readline().strip()
+    finally:
+        timer.cancel()
+    if not uri.startswith("mongodb://"):
+        process.kill()
+        raise RuntimeError(f"The embedded database did not start (data in {data_dir / 'db'}); see the messages above")
+    tmp = data_dir / f".{ADDRESS_FILE}.tmp"
+    tmp.write_text(json.dumps({"uri": uri, "pid": process.pid}))
+    tmp.replace(data_dir / ADDRESS_FILE)
+    return EmbeddedServer(uri, data_dir, process)
+
+
+def _serve(storage_path: str) -> None:
+    """Child process: serve until stdin closes (parent gone) or SIGTERM/SIGINT."""
+    from secantus import SecantusDBServer
+
+    server = SecantusDBServer(host="127.0.0.1", port=0, storage_path=storage_path, enable_test_commands=False)
+    server.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    print(server.uri, flush=True)
+    stop.wait()
+    server.stop()
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1])

@@ -1,0 +1,34 @@
+"""Configuration, from `EMR_*` environment variables (or a `.env` file)."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EMR_", env_file=".env", extra="ignore")
+
+    #: A MongoDB connection string (a replica set in production). Unset: the embedded server.
+    mongodb_uri: str | None = None
+    #: Database name inside MongoDB.
+    database: str = "emr"
+    #: Where the embedded database keeps its files (and its address, for other `emr` processes).
+    data_dir: Path = Path("emr-data")
+    #: Public base URL of the FHIR endpoint, for Location headers and Bundle links.
+    #: Unset: derived from each request's Host.
+    base_url: str | None = None
+    #: Largest request body accepted, in bytes.
+    max_body_bytes: int = 16 * 1024 * 1024
+    #: Default and largest page size of history (and later search) Bundles.
+    default_page_size: int = 50
+    max_page_size: int = 1000
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,65 @@
+"""Plain values the store hands back: a stored version, a write's result, a history page."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from bson import ObjectId
+
+Operation = Literal["create", "update", "delete"]
+
+
+@dataclass(frozen=True)
+class Version:
+    """One version of one resource, as kept. `resource` is None for a deletion."""
+
+    resource_type: str
+    id: str
+    version_id: int
+    last_updated: datetime
+    operation: Operation
+    resource: dict[str, Any] | None
+    order: ObjectId  # tie-breaker for versions written in the same millisecond
+
+    @property
+    def deleted(self) -> bool:
+        return self.operation == "delete"
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.resource_type, self.id, self.version_id)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What a write did. `created` is true when a new resource came into being (201)."""
+
+    version: Version
+    created: bool
+    changed: bool = True  # false when an update or delete found nothing to change
+
+
+@dataclass(frozen=True)
+class HistoryCursor:
+    """Keyset position in newest-first history: stable while new versions arrive."""
+
+    last_updated: datetime
+    order: ObjectId
+
+    def encode(self) -> str:
+        return f"{int(self.last_updated.timestamp() * 1000)}.{self.order}"
+
+    @classmethod
+    def decode(cls, text: str) -> HistoryCursor:
+        from datetime import UTC
+
+        millis, _, oid = text.partition(".")
+        return cls(datetime.fromtimestamp(int(millis) / 1000, UTC), ObjectId(oid))
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    versions: list[Version]
+    next: HistoryCursor | None

@@ -1,0 +1,114 @@
+"""Build fhir_store/spec/required_bindings.json from the FHIR R4B core package.
+
+The `fhir.resources` models carry `enum_values` parsed from element titles, and
+those are incomplete ("registered | preliminary | final | amended +" leaves out
+`cancelled`) or wrong (`CapabilityStatement.format`). The spec's own
+StructureDefinitions and value sets are the truth, so we expand every required
+binding we can expand locally and key it by the model's class and field name.
+
+Usage: npm pack hl7.fhir.r4b.core@4.3.0 && tar xzf hl7.fhir.r4b.core-4.3.0.tgz
+       python scripts/build_required_bindings.py package/
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from fhir_store.resource_types import resource_types
+
+OUT = Path(__file__).resolve().parent.parent / "fhir_store" / "spec" / "required_bindings.json"
+
+
+def load(folder: Path, prefix: str) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob(f"{prefix}-*.json"))]
+
+
+def concept_codes(concepts: list[dict[str, Any]]) -> list[str]:
+    out: list[str] = []
+    for c in concepts:
+        out.append(c["code"])
+        out += concept_codes(c.get("concept", []))
+    return out
+
+
+def expand(vs: dict[str, Any], code_systems: dict[str, dict[str, Any]], value_sets: dict[str, dict[str, Any]]) -> set[str] | None:
+    """All codes of a value set, or None where it cannot be enumerated here (filters, external systems)."""
+    codes: set[str] = set()
+    compose = vs.get("compose", {})
+    if compose.get("exclude"):
+        return None
+    for inc in compose.get("include", []):
+        if inc.get("filter"):
+            return None
+        if inc.get("concept"):
+            codes |= {c["code"] for c in inc["concept"]}
+        elif inc.get("system"):
+            cs = code_systems.get(inc["system"])
+            if cs is None or cs.get("content") != "complete":
+                return None
+            codes |= set(concept_codes(cs.get("concept", [])))
+        for ref in inc.get("valueSet", []):
+            sub = value_sets.get(ref.split("|")[0])
+            sub_codes = expand(sub, code_systems, value_sets) if sub else None
+            if sub_codes is None:
+                return None
+            codes |= sub_codes
+    return codes or None
+
+
+def class_names() -> dict[str, type]:
+    """Every model class reachable in fhir.resources.R4B, by name."""
+    import importlib
+    import pkgutil
+
+    import fhir.resources.R4B as r4b
+
+    found: dict[str, type] = {}
+    for info in pkgutil.iter_modules(r4b.__path__):
+        module = importlib.import_module(f"{r4b.__name__}.{info.name}")
+        for obj in vars(module).values():
+            if isinstance(obj, type) and hasattr(obj, "model_fields") and obj.__module__ == module.__name__:
+                found[obj.__name__] = obj
+    return found
+
+
+def main(folder: Path) -> None:
+    code_systems = {cs["url"]: cs for cs in load(folder, "CodeSystem")}
+    value_sets = {vs["url"]: vs for vs in load(folder, "ValueSet")}
+    classes = class_names()
+    resource_types()  # make sure every resource module is imported
+    table: dict[str, list[str]] = {}
+    skipped: list[str] = []
+    for sd in load(folder, "StructureDefinition"):
+        if sd.get("derivation") != "specialization" or sd.get("kind") not in ("resource", "complex-type"):
+            continue
+        for el in sd["snapshot"]["element"]:
+            binding = el.get("binding", {})
+            if binding.get("strength") != "required" or "valueSet" not in binding:
+                continue
+            vs = value_sets.get(binding["valueSet"].split("|")[0])
+            codes = expand(vs, code_systems, value_sets) if vs else None
+            parts = el["path"].split(".")
+            field = parts[-1].removesuffix("[x]")
+            owner = "".join(p[0].upper() + p[1:] for p in parts[:-1])
+            cls = classes.get(owner)
+            if codes is None or cls is None or field not in cls.model_fields:
+                skipped.append(f"{el['path']} ({binding['valueSet']})")
+                continue
+            # Only plain code elements: a Coding/CodeableConcept binding is checked by terminology later.
+            if not any(t.get("code") == "code" for t in el.get("type", [])):
+                continue
+            table[f"{owner}.{field}"] = sorted(codes)
+    OUT.write_text(json.dumps({
+        "source": "hl7.fhir.r4b.core 4.3.0 (npm), CC0-1.0",
+        "bindings": dict(sorted(table.items())),
+        "not_enforced": sorted(skipped),
+    }, indent=1, ensure_ascii=False) + "\n")
+    print(f"{len(table)} required code bindings written to {OUT}; {len(skipped)} not expandable here")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
