@@ -118,7 +118,11 @@ def _serve(storage_path: str) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    def wait_for_parent() -> None:
+        sys.stdin.read()  # returns at EOF: the parent closed the pipe or died
+        stop.set()
+
+    threading.Thread(target=wait_for_parent, daemon=True).start()
     print(server.uri, flush=True)
     stop.wait()
     server.stop()

@@ -20,6 +20,7 @@ writers can never both succeed from the same base version.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -85,7 +86,7 @@ def _version(doc: Document) -> Version:
         resource_type=doc["type"],
         id=doc["id"],
         version_id=doc["vid"],
-        last_updated=ts if ts.tzinfo else ts.replace(tzinfo=UTC),
+        last_updated=ts.astimezone(UTC) if ts.tzinfo else ts.replace(tzinfo=UTC),
         operation=doc["op"],
         resource=doc.get("res"),
         order=doc["oid"],
@@ -347,10 +348,9 @@ class FhirStore:
         archived = {"_id": version_key(rtype, rid, vid), "type": rtype, "id": rid, "vid": vid,
                     "ts": current.last_updated, "oid": current.order, "op": current.operation,
                     "deleted": current.deleted, "res": current.resource}
-        try:
+        # Archived already, by a concurrent writer or an interrupted earlier attempt: fine.
+        with contextlib.suppress(DuplicateKeyError):
             await self.history_versions.insert_one(archived, session=session)
-        except DuplicateKeyError:
-            pass  # archived already, by a concurrent writer or an interrupted earlier attempt
         doc = _document(rtype, rid, vid + 1, data, op)
         outcome = await self.resources.replace_one({"_id": current_key(rtype, rid), "vid": vid}, doc, session=session)
         if outcome.matched_count != 1:

@@ -34,7 +34,8 @@ def concept_codes(concepts: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def expand(vs: dict[str, Any], code_systems: dict[str, dict[str, Any]], value_sets: dict[str, dict[str, Any]]) -> set[str] | None:
+def expand(vs: dict[str, Any], code_systems: dict[str, dict[str, Any]],
+           value_sets: dict[str, dict[str, Any]]) -> set[str] | None:
     """All codes of a value set, or None where it cannot be enumerated here (filters, external systems)."""
     codes: set[str] = set()
     compose = vs.get("compose", {})

@@ -10,7 +10,11 @@ from typing import Any
 from fhir_store.model import Version
 from fhir_store.store import format_instant
 
-_HISTORY_REQUEST = {"create": ("POST", "201 Created"), "update": ("PUT", "200 OK"), "delete": ("DELETE", "204 No Content")}
+_HISTORY_REQUEST = {
+    "create": ("POST", "201 Created"),
+    "update": ("PUT", "200 OK"),
+    "delete": ("DELETE", "204 No Content"),
+}
 
 
 def etag(version_id: int) -> str:

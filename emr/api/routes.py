@@ -41,7 +41,8 @@ CAPABILITIES: list[Capability] = []
 Handler = Callable[[Interaction], Awaitable[Response]]
 
 
-def interaction(method: str, path: str, code: str, level: str, *, conditional: bool = False) -> Callable[[Handler], Handler]:
+def interaction(method: str, path: str, code: str, level: str,
+                *, conditional: bool = False) -> Callable[[Handler], Handler]:
     """Register `handler` as the route for one FHIR interaction."""
 
     def register(handler: Handler) -> Handler:

@@ -1,0 +1,87 @@
+"""The embedded database: `emr serve` starts it, keeps data across restarts, and shares it with other commands."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from emr.embedded_db import ADDRESS_FILE, ensure_embedded
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_serve(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMR_")}
+    env.update({"EMR_DATA_DIR": str(data_dir), "EMR_PORT": str(port)})
+    process = subprocess.Popen([sys.executable, "-m", "emr.cli", "serve"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=2).status_code == 200:
+                return process
+        except httpx.TransportError:
+            time.sleep(0.2)
+        if process.poll() is not None:
+            raise RuntimeError(process.stderr.read().decode() if process.stderr else "serve exited")
+    process.kill()
+    raise RuntimeError("emr serve did not answer in time")
+
+
+def stop_serve(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=60)
+
+
+def test_serve_keeps_data_across_restarts_and_shares_the_database(tmp_path: Path) -> None:
+    data_dir = tmp_path / "emr-data"
+    port = free_port()
+    serve = start_serve(data_dir, port)
+    try:
+        body = {"resourceType": "Patient", "name": [{"family": "Trần", "given": ["Văn", "Bình"]}]}
+        created = httpx.post(f"http://127.0.0.1:{port}/fhir/Patient", json=body,
+                             headers={"Content-Type": "application/fhir+json"}).json()
+        # Another process (as `emr import` or `emr backup` will be) reaches the same running database.
+        other = ensure_embedded(data_dir)
+        assert not other.owned
+        script = (
+            "import sys; from pymongo import MongoClient; "
+            "c = MongoClient(sys.argv[1]); print(c['emr']['resources'].count_documents({'type': 'Patient'}))"
+        )
+        count = subprocess.run([sys.executable, "-c", script, other.uri], capture_output=True, text=True, check=True)
+        assert count.stdout.strip() == "1"
+    finally:
+        stop_serve(serve)
+    assert not (data_dir / ADDRESS_FILE).exists(), "the address of a stopped server was left behind"
+
+    serve = start_serve(data_dir, port)
+    try:
+        again = httpx.get(f"http://127.0.0.1:{port}/fhir/Patient/{created['id']}")
+        assert again.status_code == 200
+        assert again.json() == created
+    finally:
+        stop_serve(serve)
+
+
+def test_killed_server_leaves_no_orphan_and_restarts(tmp_path: Path) -> None:
+    data_dir = tmp_path / "emr-data"
+    port = free_port()
+    serve = start_serve(data_dir, port)
+    serve.kill()  # no chance to clean up
+    serve.wait()
+    serve = start_serve(data_dir, port)  # stale address file, dead database child: must recover
+    try:
+        assert httpx.get(f"http://127.0.0.1:{port}/fhir/metadata").status_code == 200
+    finally:
+        stop_serve(serve)
