@@ -87,3 +87,15 @@ class TooManyRequests(StoreError):
     """A write kept losing a race with concurrent writers; the client may retry."""
 
     issue_code = "transient"
+
+
+class InvalidSearch(StoreError):
+    """A search parameter, modifier or value the server cannot understand (always 400)."""
+
+    issue_code = "invalid"
+
+
+class SearchTooCostly(StoreError):
+    """A chained or `_has` stage matched more resources than a search may carry between stages."""
+
+    issue_code = "too-costly"

@@ -23,17 +23,19 @@ import asyncio
 import contextlib
 import copy
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import jsonpatch
-from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo import DESCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from fhir_store.criteria import Criteria, canonical, parse_criteria, to_filter
+from fhir_store import indexes
+from fhir_store.compartments import compartment_filter
+from fhir_store.documents import Document, current_document, now, version_from_document
 from fhir_store.errors import (
     InvalidRequest,
     InvalidResource,
@@ -45,12 +47,13 @@ from fhir_store.errors import (
     VersionConflict,
 )
 from fhir_store.ids import check_id, current_key, new_id, version_key
-from fhir_store.indexing import extract_index
 from fhir_store.model import HistoryCursor, HistoryPage, Operation, Version, WriteResult
 from fhir_store.resource_types import model_class
+from fhir_store.search.engine import SearchEngine, SearchRequest, SearchResult
+from fhir_store.search.registry import Registry, registry
 from fhir_store.validation import validate_resource
 
-Document = dict[str, Any]
+Criteria = tuple[tuple[str, str], ...]
 
 # A writer that loses the compare-and-swap this many times in a row gives up (429).
 _MAX_ATTEMPTS = 20
@@ -58,15 +61,12 @@ _MAX_ATTEMPTS = 20
 _CLAIM_LEASE = timedelta(seconds=30)
 
 
-def _now() -> datetime:
-    """Now, truncated to the millisecond BSON dates keep, so what we return is what we stored."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
-
-
-def format_instant(ts: datetime) -> str:
-    ts = ts.astimezone(UTC) if ts.tzinfo else ts.replace(tzinfo=UTC)
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+def parse_criteria(query: str) -> Criteria:
+    """Conditional-interaction criteria: a search query string, in a canonical order."""
+    pairs = tuple(sorted(parse_qsl(query.lstrip("?"), keep_blank_values=True)))
+    if not pairs:
+        raise InvalidRequest("Conditional criteria are empty")
+    return pairs
 
 
 def _content(resource: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -80,19 +80,6 @@ def _content(resource: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
-def _version(doc: Document) -> Version:
-    ts = doc["ts"]
-    return Version(
-        resource_type=doc["type"],
-        id=doc["id"],
-        version_id=doc["vid"],
-        last_updated=ts.astimezone(UTC) if ts.tzinfo else ts.replace(tzinfo=UTC),
-        operation=doc["op"],
-        resource=doc.get("res"),
-        order=doc["oid"],
-    )
-
-
 class FhirStore:
     """Create, read, update, patch and delete FHIR resources, with full version history.
 
@@ -100,24 +87,27 @@ class FhirStore:
     run several interactions inside one MongoDB transaction.
     """
 
-    def __init__(self, db: AsyncDatabase[Document]) -> None:
+    def __init__(self, db: AsyncDatabase[Document], *, local_base: str | None = None) -> None:
         self.db = db
         self.resources = db["resources"]
         self.history_versions = db["history"]
         self.claims = db["claims"]
+        self.registry: Registry = registry()
+        self.search_engine = SearchEngine(self.registry, self.resources, local_base)
 
     async def ensure_indexes(self) -> None:
         """Create the indexes the store relies on; cheap when they already exist."""
-        await self.resources.create_indexes([
-            IndexModel([("type", ASCENDING), ("ts", DESCENDING), ("oid", DESCENDING)], name="type_history"),
-            IndexModel([("ts", DESCENDING), ("oid", DESCENDING)], name="system_history"),
-            IndexModel([("type", ASCENDING), ("ix.identifier", ASCENDING)], name="identifier"),
-        ])
-        await self.history_versions.create_indexes([
-            IndexModel([("type", ASCENDING), ("id", ASCENDING), ("vid", DESCENDING)], name="instance_history"),
-            IndexModel([("type", ASCENDING), ("ts", DESCENDING), ("oid", DESCENDING)], name="type_history"),
-            IndexModel([("ts", DESCENDING), ("oid", DESCENDING)], name="system_history"),
-        ])
+        await self.resources.create_indexes(indexes.RESOURCES)
+        await self.history_versions.create_indexes(indexes.HISTORY)
+
+    async def search(self, request: SearchRequest, *, compartment: tuple[str, str] | None = None) -> SearchResult:
+        """Run a search; `compartment` = ("Patient", id) limits it to that patient's compartment."""
+        for rtype in request.types:
+            _check_type(rtype)
+        base = None
+        if compartment is not None:
+            base = compartment_filter(request.types, *compartment)
+        return await self.search_engine.search(request, base_filter=base)
 
     # ---- reads -------------------------------------------------------------------------
 
@@ -128,7 +118,7 @@ class FhirStore:
         doc = await self.resources.find_one({"_id": current_key(resource_type, resource_id)}, session=session)
         if doc is None:
             raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
-        version = _version(doc)
+        version = version_from_document(doc)
         if version.deleted:
             raise ResourceGone(f"{resource_type}/{resource_id} was deleted", version.version_id)
         return version
@@ -144,7 +134,7 @@ class FhirStore:
                 {"_id": version_key(resource_type, resource_id, version_id)}, session=session)
         if doc is None:
             raise ResourceNotFound(f"{resource_type}/{resource_id} has no version {version_id}")
-        version = _version(doc)
+        version = version_from_document(doc)
         if version.deleted:
             raise ResourceGone(f"Version {version_id} of {resource_type}/{resource_id} is a deletion", version_id)
         return version
@@ -153,8 +143,10 @@ class FhirStore:
                    session: AsyncClientSession | None = None) -> list[Version]:
         """Current, non-deleted resources matching conditional-interaction criteria."""
         _check_type(resource_type)
-        cursor = self.resources.find(to_filter(resource_type, criteria), session=session).limit(limit)
-        return [_version(doc) async for doc in cursor]
+        request = SearchRequest(types=[resource_type], criteria=list(criteria), strict=True)
+        query = await self.search_engine.filter(request, [])
+        cursor = self.resources.find(query, session=session).limit(limit)
+        return [version_from_document(doc) async for doc in cursor]
 
     # ---- writes ------------------------------------------------------------------------
 
@@ -241,8 +233,8 @@ class FhirStore:
             if doc is None or doc["deleted"]:
                 if if_match is not None:
                     raise VersionConflict(f"{resource_type}/{resource_id} has no current version {if_match}")
-                return None if doc is None else WriteResult(_version(doc), created=False, changed=False)
-            current = _version(doc)
+                return None if doc is None else WriteResult(version_from_document(doc), created=False, changed=False)
+            current = version_from_document(doc)
             if if_match is not None and if_match != current.version_id:
                 raise VersionConflict(_stale(resource_type, resource_id, if_match, current.version_id))
             result = await self._replace(current, None, "delete", session)
@@ -291,7 +283,7 @@ class FhirStore:
         past = self.history_versions.find(query, projection, session=session).sort(order).limit(count + 1)
         merged: dict[tuple[str, str, int], Version] = {}
         for doc in [d async for d in current] + [d async for d in past]:
-            version = _version(doc)
+            version = version_from_document(doc)
             merged.setdefault(version.key, version)
         versions = sorted(merged.values(), key=lambda v: (v.last_updated, v.order), reverse=True)
         page = versions[:count]
@@ -305,7 +297,7 @@ class FhirStore:
         if resource_type:
             query["type"] = resource_type
         async for doc in self.resources.find(query, {"ix": False}):
-            yield _version(doc)
+            yield version_from_document(doc)
 
     # ---- internals ---------------------------------------------------------------------
 
@@ -315,7 +307,7 @@ class FhirStore:
         key = current_key(resource_type, resource_id)
         for _ in range(_MAX_ATTEMPTS):
             doc = await self.resources.find_one({"_id": key}, session=session)
-            current = _version(doc) if doc is not None else None
+            current = version_from_document(doc) if doc is not None else None
             if if_match is not None and (current is None or current.version_id != if_match):
                 have = current.version_id if current else None
                 raise VersionConflict(_stale(resource_type, resource_id, if_match, have))
@@ -337,9 +329,9 @@ class FhirStore:
         raise TooManyRequests(f"{resource_type}/{resource_id} is being changed by others; try again")
 
     async def _insert_first(self, data: dict[str, Any], session: AsyncClientSession | None) -> WriteResult:
-        doc = _document(data["resourceType"], data["id"], 1, data, "create")
+        doc = current_document(data["resourceType"], data["id"], 1, data, "create")
         await self.resources.insert_one(doc, session=session)
-        return WriteResult(_version(doc), created=True)
+        return WriteResult(version_from_document(doc), created=True)
 
     async def _replace(self, current: Version, data: dict[str, Any] | None, op: Operation,
                        session: AsyncClientSession | None) -> WriteResult | None:
@@ -351,28 +343,29 @@ class FhirStore:
         # Archived already, by a concurrent writer or an interrupted earlier attempt: fine.
         with contextlib.suppress(DuplicateKeyError):
             await self.history_versions.insert_one(archived, session=session)
-        doc = _document(rtype, rid, vid + 1, data, op)
+        doc = current_document(rtype, rid, vid + 1, data, op)
         outcome = await self.resources.replace_one({"_id": current_key(rtype, rid), "vid": vid}, doc, session=session)
         if outcome.matched_count != 1:
             return None
-        return WriteResult(_version(doc), created=current.deleted and op != "delete")
+        return WriteResult(version_from_document(doc), created=current.deleted and op != "delete")
 
     async def _conditional_create(self, data: dict[str, Any], criteria: Criteria,
                                   session: AsyncClientSession | None) -> WriteResult:
         rtype = data["resourceType"]
-        claim_id = canonical(rtype, criteria)
+        claim_id = f"{rtype}?{urlencode(criteria)}"
         for attempt in range(200):
             matches = await self.find(rtype, criteria, session=session)
             if len(matches) > 1:
                 raise MultipleMatches(f"The If-None-Exist criteria match more than one {rtype}")
             if matches:
                 return WriteResult(matches[0], created=False, changed=False)
-            now = _now()
+            moment = now()
             try:
-                await self.claims.insert_one({"_id": claim_id, "ts": now}, session=session)
+                await self.claims.insert_one({"_id": claim_id, "ts": moment}, session=session)
             except DuplicateKeyError:
                 # Another request is creating the same resource; wait for it, or take over a dead lease.
-                await self.claims.delete_one({"_id": claim_id, "ts": {"$lt": now - _CLAIM_LEASE}}, session=session)
+                await self.claims.delete_one({"_id": claim_id, "ts": {"$lt": moment - _CLAIM_LEASE}},
+                                             session=session)
                 await asyncio.sleep(min(0.002 * (attempt + 1), 0.05))
                 continue
             try:
@@ -382,7 +375,7 @@ class FhirStore:
                 data["id"] = new_id()
                 return await self._insert_first(data, session)
             finally:
-                await self.claims.delete_one({"_id": claim_id, "ts": now}, session=session)
+                await self.claims.delete_one({"_id": claim_id, "ts": moment}, session=session)
         raise TooManyRequests(f"A {rtype} with these criteria is being created by another request; try again")
 
 
@@ -394,17 +387,3 @@ def _check_type(resource_type: str) -> None:
 def _stale(resource_type: str, resource_id: str, wanted: int, have: int | None) -> str:
     now = f"the current version is {have}" if have is not None else "it has changed meanwhile"
     return f"{resource_type}/{resource_id}: If-Match asked for version {wanted} but {now}"
-
-
-def _document(rtype: str, rid: str, vid: int, data: dict[str, Any] | None, op: Operation) -> Document:
-    ts = _now()
-    res = None
-    if data is not None:
-        meta = {**(data.get("meta") or {}), "versionId": str(vid), "lastUpdated": format_instant(ts)}
-        res = {"resourceType": rtype, "id": rid, "meta": meta}
-        res.update((k, v) for k, v in data.items() if k not in res)
-    doc: Document = {"_id": current_key(rtype, rid), "type": rtype, "id": rid, "vid": vid, "ts": ts,
-                     "oid": ObjectId(), "op": op, "deleted": res is None, "res": res}
-    if res is not None:
-        doc["ix"] = extract_index(res)
-    return doc

@@ -14,7 +14,6 @@ FHIRPath-style element path.
 from __future__ import annotations
 
 import json
-import unicodedata
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from fhir_store.errors import InvalidResource, Issue, UnknownResourceType
 from fhir_store.resource_types import model_class
+from fhir_store.text import nfc
 
 # Per model class: (attribute name, JSON name, allowed codes or None) of each element field.
 _FieldPlan = tuple[tuple[str, str, frozenset[str] | None], ...]
@@ -52,7 +52,7 @@ def validate_resource(data: Any, *, expected_type: str | None = None) -> dict[st
     cls = model_class(resource_type)
     if cls is None:
         raise UnknownResourceType(f"Unknown resource type '{resource_type}'")
-    data = nfc(data)
+    data = nfc_json(data)
     try:
         model = cls.model_validate(data)
     except ValidationError as exc:
@@ -65,14 +65,14 @@ def validate_resource(data: Any, *, expected_type: str | None = None) -> dict[st
     return data
 
 
-def nfc(value: Any) -> Any:
+def nfc_json(value: Any) -> Any:
     """NFC-normalise every string in a JSON value (Vietnamese text arrives both ways)."""
     if isinstance(value, str):
-        return value if unicodedata.is_normalized("NFC", value) else unicodedata.normalize("NFC", value)
+        return nfc(value)
     if isinstance(value, dict):
-        return {k: nfc(v) for k, v in value.items()}
+        return {k: nfc_json(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [nfc(v) for v in value]
+        return [nfc_json(v) for v in value]
     return value
 
 

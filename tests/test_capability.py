@@ -19,11 +19,18 @@ def test_metadata_is_a_valid_capability_statement(fhir: httpx.Client) -> None:
     assert {r["type"] for r in rest["resource"]} == set(resource_types())
     patient = next(r for r in rest["resource"] if r["type"] == "Patient")
     codes = {i["code"] for i in patient["interaction"]}
-    assert codes == {"read", "vread", "update", "patch", "delete", "create", "history-instance", "history-type"}
+    assert codes == {"read", "vread", "update", "patch", "delete", "create", "history-instance", "history-type",
+                     "search-type"}
     assert patient["versioning"] == "versioned-update"
     assert patient["conditionalCreate"] is True
     assert patient["conditionalDelete"] == "single"
-    assert {i["code"] for i in rest["interaction"]} == {"history-system"}
+    assert {i["code"] for i in rest["interaction"]} == {"history-system", "search-system"}
+    params = {p["name"]: p for p in patient["searchParam"]}
+    assert {"name", "family", "identifier", "birthdate", "phone", "_id", "_lastUpdated", "_tag"} <= set(params)
+    assert params["birthdate"]["type"] == "date"
+    assert "Patient:general-practitioner" in patient["searchInclude"]
+    assert "Observation:subject" in patient["searchRevInclude"]
+    assert "http://hl7.org/fhir/CompartmentDefinition/patient" in rest["compartment"]
 
 
 def test_every_advertised_interaction_has_a_route(fhir: httpx.Client) -> None:
@@ -36,6 +43,8 @@ def test_every_advertised_interaction_has_a_route(fhir: httpx.Client) -> None:
         "history-instance": ("GET", f"/Basic/{rid}/_history"),
         "history-type": ("GET", "/Basic/_history"),
         "history-system": ("GET", "/_history"),
+        "search-type": ("GET", "/Basic"),
+        "search-system": ("GET", "?_type=Basic"),
     }
     for code, (method, path) in probes.items():
         assert fhir.request(method, path).status_code == 200, code

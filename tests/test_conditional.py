@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from urllib.parse import urlencode
 
 import httpx
 
@@ -48,10 +49,22 @@ def test_if_none_exist_with_several_matches_is_412(fhir: httpx.Client) -> None:
     assert r.json()["issue"][0]["code"] == "multiple-matches"
 
 
-def test_unsupported_criteria_are_refused_not_ignored(fhir: httpx.Client) -> None:
-    r = fhir.post("/Patient", json=patient("1"), headers={**JSON, "If-None-Exist": "name=nguyen"})
+def test_unknown_criteria_are_refused_not_ignored(fhir: httpx.Client) -> None:
+    """Ignoring part of a conditional write's criteria could update the wrong record."""
+    r = fhir.post("/Patient", json=patient("1"), headers={**JSON, "If-None-Exist": "nickname=bo"})
     assert r.status_code == 400
-    assert "name" in r.json()["issue"][0]["diagnostics"]
+    assert "nickname" in r.json()["issue"][0]["diagnostics"]
+
+
+def test_any_search_works_as_criteria(fhir: httpx.Client) -> None:
+    number = unique("089")
+    family = unique("Lê")
+    body = patient(number, name=[{"family": family, "given": ["Thị", "Hồng"]}], birthDate="1990-02-03")
+    created = fhir.post("/Patient", json=body, headers=JSON).json()
+    criteria = urlencode({"family": family, "birthdate": "1990-02"})  # headers are ASCII: percent-encoded
+    again = fhir.post("/Patient", json=body, headers={**JSON, "If-None-Exist": criteria})
+    assert again.status_code == 200
+    assert again.json()["id"] == created["id"]
 
 
 def test_concurrent_conditional_creates_make_one_resource(fhir: httpx.Client) -> None:

@@ -7,8 +7,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from fhir_store.documents import format_instant
+from fhir_store.errors import operation_outcome
 from fhir_store.model import Version
-from fhir_store.store import format_instant
+from fhir_store.search.elements import select_elements, summarize
+from fhir_store.search.engine import SearchResult
 
 _HISTORY_REQUEST = {
     "create": ("POST", "201 Created"),
@@ -19,6 +22,37 @@ _HISTORY_REQUEST = {
 
 def etag(version_id: int) -> str:
     return f'W/"{version_id}"'
+
+
+def searchset_bundle(base: str, result: SearchResult, links: dict[str, str], *, summary: str | None,
+                     elements: list[str] | None) -> dict[str, Any]:
+    def shape(resource: dict[str, Any]) -> dict[str, Any]:
+        if elements:
+            return select_elements(resource, elements)
+        if summary and summary != "count":
+            return summarize(resource, summary)
+        return resource
+
+    entries: list[dict[str, Any]] = []
+    for mode, versions in (("match", result.matches), ("include", result.included)):
+        for v in versions:
+            if v.resource is not None:
+                entries.append({"fullUrl": f"{base}/{v.resource_type}/{v.id}", "resource": shape(v.resource),
+                                "search": {"mode": mode}})
+    if result.issues:
+        entries.append({"resource": operation_outcome(result.issues), "search": {"mode": "outcome"}})
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "id": str(uuid.uuid4()),
+        "meta": {"lastUpdated": format_instant(datetime.now(UTC))},
+        "type": "searchset",
+    }
+    if result.total is not None:
+        bundle["total"] = result.total
+    bundle["link"] = [{"relation": rel, "url": url} for rel, url in links.items()]
+    if entries:
+        bundle["entry"] = entries
+    return bundle
 
 
 def history_bundle(base: str, versions: Sequence[Version], links: dict[str, str]) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The CapabilityStatement, generated from the registered routes and the resource models.
 
 Nothing here is a hand-written claim: interactions come from `routes.CAPABILITIES`
-(one entry per route that exists), resource types from the R4B models.
+(one entry per route that exists), resource types from the R4B models, search
+parameters from the same registry the search uses.
 """
 
 from __future__ import annotations
@@ -12,16 +13,26 @@ from typing import Any
 
 import emr
 from emr.api.routes import CAPABILITIES
+from fhir_store.compartments import compartments
+from fhir_store.documents import format_instant
 from fhir_store.resource_types import FHIR_VERSION, resource_types
-from fhir_store.store import format_instant
+from fhir_store.search.registry import MODIFIERS, registry
 
 
 @cache
 def _resource_entries() -> tuple[dict[str, Any], ...]:
     type_codes = sorted({c.code for c in CAPABILITIES if c.level in ("type", "instance")})
     conditional = {c.code for c in CAPABILITIES if c.conditional}
+    reg = registry()
+    revincludes: dict[str, list[str]] = {}
+    for source in resource_types():
+        for param in reg.params(source).values():
+            if param.type == "reference":
+                for target in param.targets:
+                    revincludes.setdefault(target, []).append(f"{source}:{param.code}")
     entries = []
     for name in resource_types():
+        params = sorted(reg.params(name).values(), key=lambda p: p.code)
         entry: dict[str, Any] = {
             "type": name,
             "interaction": [{"code": code} for code in type_codes],
@@ -33,8 +44,19 @@ def _resource_entries() -> tuple[dict[str, Any], ...]:
             "conditionalUpdate": "update" in conditional,
             "conditionalDelete": "single" if "delete" in conditional else "not-supported",
         }
+        if "search-type" in type_codes:
+            entry["searchInclude"] = ["*"] + [f"{name}:{p.code}" for p in params if p.type == "reference"]
+            entry["searchRevInclude"] = sorted(revincludes.get(name, []))
+            entry["searchParam"] = [_search_param(p.code, p.url, p.type) for p in params]
         entries.append(entry)
     return tuple(entries)
+
+
+def _search_param(code: str, url: str, ptype: str) -> dict[str, Any]:
+    modifiers = ", ".join(f":{m}" for m in MODIFIERS.get(ptype, ()))
+    chain = "; chainable" if ptype == "reference" else ""
+    return {"name": code, "definition": url, "type": ptype,
+            "documentation": f"Modifiers: {modifiers or 'none'}{chain}"}
 
 
 def capability_statement(base: str) -> dict[str, Any]:
@@ -54,5 +76,7 @@ def capability_statement(base: str) -> dict[str, Any]:
             "mode": "server",
             "resource": list(_resource_entries()),
             "interaction": [{"code": code} for code in system_codes],
+            "compartment": [f"http://hl7.org/fhir/CompartmentDefinition/{c.lower()}" for c in compartments()]
+            if any(c.level == "compartment" for c in CAPABILITIES) else [],
         }],
     }

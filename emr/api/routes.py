@@ -16,13 +16,15 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
 
-from emr.api.bundles import etag, history_bundle
+from emr.api.bundles import etag, history_bundle, searchset_bundle
 from emr.api.formats import check_acceptable, is_pretty, read_json
 from emr.api.pipeline import Interaction
 from emr.api.responses import ApiError, fhir_response
 from emr.settings import Settings
 from fhir_store import FhirStore, HistoryCursor, Version, WriteResult
 from fhir_store.errors import Issue, operation_outcome
+from fhir_store.resource_types import resource_types
+from fhir_store.search.engine import parse_request
 
 router = APIRouter(prefix="/fhir")
 
@@ -55,8 +57,9 @@ def interaction(method: str, path: str, code: str, level: str,
 
         endpoint.__name__ = handler.__name__
         endpoint.__doc__ = handler.__doc__
-        router.add_api_route(path, endpoint, methods=[method], name=handler.__name__, summary=code,
-                             response_class=Response)
+        for route_path in (path, "/") if path == "" else (path,):  # the base answers with or without "/"
+            router.add_api_route(route_path, endpoint, methods=[method], name=handler.__name__, summary=code,
+                                 response_class=Response, include_in_schema=route_path == path)
         CAPABILITIES.append(Capability(code, level, conditional))
         return handler
 
@@ -90,13 +93,17 @@ def _if_match(it: Interaction) -> int | None:
     return int(value)
 
 
-def _prefer_return(it: Interaction) -> str:
+def _prefer(it: Interaction, name: str, default: str) -> str:
     for part in it.request.headers.get("prefer", "").split(";"):
         for item in part.split(","):
             key, _, value = item.strip().partition("=")
-            if key == "return":
+            if key == name:
                 return value.strip('"')
-    return "representation"
+    return default
+
+
+def _prefer_return(it: Interaction) -> str:
+    return _prefer(it, "return", "representation")
 
 
 def _version_headers(version: Version) -> dict[str, str]:
@@ -177,7 +184,30 @@ async def history_system(it: Interaction) -> Response:
     return await _history(it)
 
 
+@interaction("GET", "", "search-system", "system")
+async def search_system(it: Interaction) -> Response:
+    """Search across types: `_type` names them, other parameters must be common to all."""
+    return await _search(it, list(it.request.query_params.multi_items()))
+
+
+@interaction("POST", "/_search", "search-system", "system")
+async def search_system_post(it: Interaction) -> Response:
+    """Search across types with the parameters in a form body."""
+    return await _search(it, await _form_params(it))
+
+
 # ---- type level -----------------------------------------------------------------------------
+
+@interaction("GET", "/{resource_type}", "search-type", "type")
+async def search_type(it: Interaction) -> Response:
+    """Search one type: every standard parameter, modifiers, chains, _has, _include, _sort, paging."""
+    return await _search(it, list(it.request.query_params.multi_items()))
+
+
+@interaction("POST", "/{resource_type}/_search", "search-type", "type")
+async def search_type_post(it: Interaction) -> Response:
+    """Search with the parameters in an application/x-www-form-urlencoded body (kept out of URLs and logs)."""
+    return await _search(it, await _form_params(it))
 
 @interaction("GET", "/{resource_type}/_history", "history-type", "type")
 async def history_type(it: Interaction) -> Response:
@@ -217,6 +247,14 @@ async def conditional_delete(it: Interaction) -> Response:
 async def history_instance(it: Interaction) -> Response:
     """Every version of one resource, newest first, deletions included."""
     return await _history(it)
+
+
+@interaction("GET", "/{resource_type}/{resource_id}/{compartment_type}", "search-compartment", "compartment")
+async def search_compartment(it: Interaction) -> Response:
+    """Search one compartment: `/Patient/123/Observation` is every Observation of patient 123."""
+    compartment_type = it.request.path_params["compartment_type"]
+    return await _search(it, list(it.request.query_params.multi_items()), types=[compartment_type],
+                         compartment=(str(it.resource_type), str(it.resource_id)))
 
 
 @interaction("GET", "/{resource_type}/{resource_id}/_history/{version_id}", "vread", "instance")
@@ -297,3 +335,43 @@ async def _history(it: Interaction) -> Response:
     if page.next is not None:
         links["next"] = f"{path}?{urlencode({**keep, '_cursor': page.next.encode()})}"
     return fhir_response(history_bundle(base, page.versions, links), pretty=is_pretty(it.request))
+
+
+async def _form_params(it: Interaction) -> list[tuple[str, str]]:
+    content_type = it.request.headers.get("content-type", "").split(";")[0].strip()
+    if content_type != "application/x-www-form-urlencoded":
+        raise ApiError(415, "POST _search takes an application/x-www-form-urlencoded body", "not-supported")
+    form = await it.request.form()
+    return list(it.request.query_params.multi_items()) + [(k, str(v)) for k, v in form.multi_items()]
+
+
+async def _search(it: Interaction, params: list[tuple[str, str]], *, types: list[str] | None = None,
+                  compartment: tuple[str, str] | None = None) -> Response:
+    settings = _settings(it)
+    if types is None:
+        types = [str(it.resource_type)] if it.resource_type else _system_types(params)
+    strict = _prefer(it, "handling", "lenient") == "strict"
+    request = parse_request(_store(it).registry, types, params, strict=strict,
+                            default_count=settings.default_page_size, max_count=settings.max_page_size)
+    result = await _store(it).search(request, compartment=compartment)
+    base = base_url(it.request)
+    path = base + it.request.url.path.removeprefix("/fhir").rstrip("/")
+    if it.request.method == "POST":
+        path = path.removesuffix("/_search")
+    kept = [(k, v) for k, v in params if k != "_cursor"]
+    links = {"self": f"{path}?{urlencode(kept)}" if kept else path}
+    if result.next_cursor:
+        links["next"] = f"{path}?{urlencode([*kept, ('_cursor', result.next_cursor)])}"
+    if result.previous_cursor:
+        links["previous"] = f"{path}?{urlencode([*kept, ('_cursor', result.previous_cursor)])}"
+    bundle = searchset_bundle(base, result, links, summary=request.summary, elements=request.elements)
+    return fhir_response(bundle, pretty=is_pretty(it.request))
+
+
+def _system_types(params: list[tuple[str, str]]) -> list[str]:
+    named = [t for k, v in params if k == "_type" for t in v.split(",") if t]
+    known = resource_types()
+    for t in named:
+        if t not in known:
+            raise ApiError(400, f"_type names an unknown resource type '{t}'")
+    return named or list(known)

@@ -1,4 +1,8 @@
-"""Build fhir_store/spec/required_bindings.json from the FHIR R4B core package.
+"""Build the spec tables in fhir_store/spec/ from the FHIR R4B core package.
+
+- required_bindings.json: the codes of every required binding on a `code` element;
+- compartments.json: the CompartmentDefinitions (which parameters put a resource in
+  a patient's, encounter's, ... compartment), for compartment search and $everything.
 
 The `fhir.resources` models carry `enum_values` parsed from element titles, and
 those are incomplete ("registered | preliminary | final | amended +" leaves out
@@ -7,7 +11,7 @@ StructureDefinitions and value sets are the truth, so we expand every required
 binding we can expand locally and key it by the model's class and field name.
 
 Usage: npm pack hl7.fhir.r4b.core@4.3.0 && tar xzf hl7.fhir.r4b.core-4.3.0.tgz
-       python scripts/build_required_bindings.py package/
+       python scripts/build_spec_tables.py package/
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from typing import Any
 
 from fhir_store.resource_types import resource_types
 
-OUT = Path(__file__).resolve().parent.parent / "fhir_store" / "spec" / "required_bindings.json"
+SPEC = Path(__file__).resolve().parent.parent / "fhir_store" / "spec"
+OUT = SPEC / "required_bindings.json"
 
 
 def load(folder: Path, prefix: str) -> list[dict[str, Any]]:
@@ -111,5 +116,17 @@ def main(folder: Path) -> None:
     print(f"{len(table)} required code bindings written to {OUT}; {len(skipped)} not expandable here")
 
 
+def compartments(folder: Path) -> None:
+    table: dict[str, dict[str, list[str]]] = {}
+    for cd in load(folder, "CompartmentDefinition"):
+        table[cd["code"]] = {r["code"]: r["param"] for r in cd.get("resource", []) if r.get("param")}
+    (SPEC / "compartments.json").write_text(json.dumps({
+        "source": "hl7.fhir.r4b.core 4.3.0 (npm), CC0-1.0",
+        "compartments": table,
+    }, indent=1) + "\n")
+    print(f"{len(table)} compartment definitions written")
+
+
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+    compartments(Path(sys.argv[1]))

@@ -1,0 +1,281 @@
+"""Running a search: filter, sort, keyset paging, totals, `_include` / `_revinclude`.
+
+Paging is by keyset on the sort keys plus `_id` (never by offset), so a client
+walking `next` links through a result set that is growing meanwhile sees no
+entry twice and skips none that existed when it started. The cursor carries
+the last (or, for `previous`, the first) row's sort values.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any
+
+import bson
+from pymongo import ASCENDING, DESCENDING
+from pymongo.asynchronous.collection import AsyncCollection
+
+from fhir_store.documents import version_from_document
+from fhir_store.errors import InvalidSearch, Issue
+from fhir_store.model import Version
+from fhir_store.search.query import Filter, QueryBuilder
+from fhir_store.search.registry import Registry
+
+#: Query parameters that shape the result rather than select resources.
+RESULT_PARAMETERS = {"_sort", "_count", "_include", "_revinclude", "_summary", "_elements", "_total",
+                     "_contained", "_containedType", "_format", "_pretty", "_cursor", "_type"}
+SUMMARY_MODES = ("true", "text", "data", "count", "false")
+TOTAL_MODES = ("none", "estimate", "accurate")
+MAX_INCLUDED = 1000
+_BASE_FIELDS = {"type": True, "id": True, "vid": True, "ts": True, "oid": True, "op": True, "res": True}
+
+
+@dataclass(frozen=True)
+class Include:
+    source: str
+    param: str
+    target: str | None
+    iterate: bool
+
+
+@dataclass
+class SearchRequest:
+    types: list[str]
+    criteria: list[tuple[str, str]] = field(default_factory=list)
+    sort: list[tuple[str, int]] = field(default_factory=list)
+    count: int = 50
+    includes: list[Include] = field(default_factory=list)
+    revincludes: list[Include] = field(default_factory=list)
+    total: str | None = None
+    summary: str | None = None
+    elements: list[str] | None = None
+    cursor: str | None = None
+    strict: bool = False
+
+
+@dataclass
+class SearchResult:
+    matches: list[Version]
+    included: list[Version]
+    total: int | None
+    next_cursor: str | None
+    previous_cursor: str | None
+    issues: list[Issue]
+
+
+def parse_request(registry: Registry, types: list[str], params: list[tuple[str, str]], *, strict: bool,
+                  default_count: int, max_count: int) -> SearchRequest:
+    """Split the query into selection criteria and result parameters, checking the latter."""
+    request = SearchRequest(types=types, count=default_count, strict=strict)
+    for name, value in params:
+        base = name.split(":", 1)[0]
+        if base not in RESULT_PARAMETERS:
+            request.criteria.append((name, value))
+        elif base == "_count":
+            if not value.isdigit():
+                raise InvalidSearch(f"_count must be a whole number, not '{value}'")
+            request.count = min(int(value), max_count)
+        elif base == "_sort":
+            request.sort = [_sort_key(registry, types, key) for key in value.split(",") if key]
+        elif base in ("_include", "_revinclude"):
+            include = _include(registry, name, value)
+            (request.includes if base == "_include" else request.revincludes).append(include)
+        elif base == "_summary":
+            if value not in SUMMARY_MODES:
+                raise InvalidSearch(f"_summary must be one of {', '.join(SUMMARY_MODES)}, not '{value}'")
+            request.summary = value
+        elif base == "_total":
+            if value not in TOTAL_MODES:
+                raise InvalidSearch(f"_total must be one of {', '.join(TOTAL_MODES)}, not '{value}'")
+            request.total = value
+        elif base == "_elements":
+            request.elements = [e.strip() for e in value.split(",") if e.strip()]
+        elif base == "_cursor":
+            request.cursor = value
+    return request
+
+
+def _sort_key(registry: Registry, types: list[str], key: str) -> tuple[str, int]:
+    direction = DESCENDING if key.startswith("-") else ASCENDING
+    code = key.lstrip("-")
+    if code == "_id":
+        return "_id", direction
+    if code == "_lastUpdated":
+        return "ts", direction
+    for rtype in types:
+        param = registry.param(rtype, code)
+        if param is None or param.type in ("composite", "special"):
+            raise InvalidSearch(f"Cannot sort {rtype} by '{code}'")
+    return f"sk.{code}", direction
+
+
+def _include(registry: Registry, name: str, value: str) -> Include:
+    iterate = name.endswith(":iterate") or name.endswith(":recurse")
+    parts = value.split(":")
+    if value == "*":
+        return Include("*", "*", None, iterate)
+    if len(parts) not in (2, 3):
+        raise InvalidSearch(f"{name} takes Type:parameter[:targetType], not '{value}'")
+    source, code = parts[0], parts[1]
+    target = parts[2] if len(parts) == 3 else None
+    param = registry.param(source, code) if code != "*" else None
+    if code != "*" and (param is None or param.type != "reference"):
+        raise InvalidSearch(f"'{code}' is not a reference search parameter of {source}")
+    return Include(source, code, target, iterate)
+
+
+class SearchEngine:
+    def __init__(self, registry: Registry, resources: AsyncCollection[dict[str, Any]],
+                 local_base: str | None = None) -> None:
+        self.registry = registry
+        self.resources = resources
+        self.builder = QueryBuilder(registry, resources, local_base)
+
+    async def filter(self, request: SearchRequest, issues: list[Issue]) -> Filter:
+        return await self.builder.build(request.types, request.criteria, strict=request.strict, issues=issues)
+
+    async def search(self, request: SearchRequest, *, base_filter: Filter | None = None) -> SearchResult:
+        issues: list[Issue] = []
+        query = await self.filter(request, issues)
+        if base_filter:
+            query = {"$and": [query, base_filter]}
+        if request.summary == "count":
+            return SearchResult([], [], await self.resources.count_documents(query), None, None, issues)
+        sort = request.sort if any(k == "_id" for k, _ in request.sort) else [*request.sort, ("_id", ASCENDING)]
+        direction, last = _decode_cursor(request.cursor)
+        run_sort = sort if direction == "after" else [(k, -d) for k, d in sort]
+        page_query = query if last is None else {"$and": [query, _after(run_sort, last)]}
+        projection = {**_BASE_FIELDS, **{k: True for k, _ in sort if k.startswith("sk.")},
+                      **self._include_projection(request)}
+        cursor = self.resources.find(page_query, projection).sort(run_sort).limit(request.count + 1)
+        docs = [doc async for doc in cursor]
+        more = len(docs) > request.count
+        docs = docs[: request.count]
+        if direction == "before":
+            docs.reverse()
+        next_cursor = previous_cursor = None
+        if docs:
+            if more or direction == "before":
+                next_cursor = _encode_cursor("after", _sort_values(sort, docs[-1]))
+            if last is not None and (direction == "after" or more):
+                previous_cursor = _encode_cursor("before", _sort_values(sort, docs[0]))
+        total: int | None = None
+        if request.total == "accurate" or request.total == "estimate":
+            total = await self.resources.count_documents(query)
+        elif request.total is None and last is None and not more:
+            total = len(docs)  # known for free
+        included = await self._includes(request, docs, issues) if request.count else []
+        return SearchResult([version_from_document(d) for d in docs], included, total, next_cursor,
+                            previous_cursor, issues)
+
+    async def explain(self, request: SearchRequest) -> dict[str, Any]:
+        query = await self.filter(request, [])
+        sort = request.sort if any(k == "_id" for k, _ in request.sort) else [*request.sort, ("_id", ASCENDING)]
+        explained: dict[str, Any] = await self.resources.find(query).sort(sort).limit(request.count).explain()
+        return explained
+
+    def _include_projection(self, request: SearchRequest) -> dict[str, bool]:
+        if any(inc.param == "*" for inc in request.includes):
+            return {"ix": True}
+        return {f"ix.{inc.param}": True for inc in request.includes}
+
+    async def _includes(self, request: SearchRequest, docs: list[dict[str, Any]],
+                        issues: list[Issue]) -> list[Version]:
+        if not request.includes and not request.revincludes:
+            return []
+        seen = {d["_id"] for d in docs}
+        included: list[dict[str, Any]] = []
+        frontier = docs
+        first_round = True
+        while frontier:
+            found: list[dict[str, Any]] = []
+            for inc in request.includes:
+                if first_round or inc.iterate:
+                    found += await self._forward(inc, frontier, seen)
+            for inc in request.revincludes:
+                if first_round or inc.iterate:
+                    found += await self._reverse(inc, frontier, seen)
+            included += found
+            if len(included) > MAX_INCLUDED:
+                included = included[:MAX_INCLUDED]
+                issues.append(Issue("too-costly", f"Only the first {MAX_INCLUDED} included resources are returned",
+                                    severity="warning"))
+                break
+            frontier = found
+            first_round = False
+        return [version_from_document(d) for d in included]
+
+    async def _fetch(self, query: Filter, seen: set[str]) -> list[dict[str, Any]]:
+        out = []
+        async for doc in self.resources.find({"$and": [query, {"deleted": False}]}, {**_BASE_FIELDS, "ix": True}) \
+                .limit(MAX_INCLUDED + 1):
+            if doc["_id"] not in seen:
+                seen.add(doc["_id"])
+                out.append(doc)
+        return out
+
+    async def _forward(self, inc: Include, docs: list[dict[str, Any]], seen: set[str]) -> list[dict[str, Any]]:
+        keys: set[str] = set()
+        for doc in docs:
+            if inc.source not in ("*", doc["type"]):
+                continue
+            ix = doc.get("ix") or {}
+            params = [p.code for p in self.registry.params(doc["type"]).values() if p.type == "reference"] \
+                if inc.param == "*" else [inc.param]
+            for code in params:
+                for ref in ix.get(code, []):
+                    if "/" in ref and not ref.startswith(("http://", "https://", "urn:")) and \
+                            (inc.target is None or ref.startswith(f"{inc.target}/")):
+                        keys.add(ref)
+        keys -= seen
+        return await self._fetch({"_id": {"$in": sorted(keys)}}, seen) if keys else []
+
+    async def _reverse(self, inc: Include, docs: list[dict[str, Any]], seen: set[str]) -> list[dict[str, Any]]:
+        targets = [d["_id"] for d in docs if inc.target is None or d["type"] == inc.target]
+        if not targets:
+            return []
+        return await self._fetch({"type": inc.source, f"ix.{inc.param}": {"$in": targets}}, seen)
+
+
+def _sort_values(sort: list[tuple[str, int]], doc: dict[str, Any]) -> list[Any]:
+    values = []
+    for key, _ in sort:
+        value: Any = doc
+        for part in key.split(".", 1) if key.startswith("sk.") else [key]:
+            value = value.get(part) if isinstance(value, dict) else None
+        values.append(value)
+    return values
+
+
+def _after(sort: list[tuple[str, int]], last: list[Any]) -> Filter:
+    """Rows strictly after `last` in `sort` order (nulls first ascending, last descending, as MongoDB sorts)."""
+    branches: list[Filter] = []
+    equal: list[Filter] = []
+    for (key, direction), value in zip(sort, last, strict=True):
+        if direction == ASCENDING:
+            later: Filter | None = {key: {"$ne": None}} if value is None else {key: {"$gt": value}}
+        else:
+            later = None if value is None else {"$or": [{key: {"$lt": value}}, {key: None}]}
+        if later is not None:
+            branches.append({"$and": [*equal, later]} if equal else later)
+        equal.append({key: value})
+    return {"$or": branches} if branches else {"_id": {"$in": []}}
+
+
+def _encode_cursor(direction: str, values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(bson.encode({"d": direction, "v": values})).decode().rstrip("=")
+
+
+def _decode_cursor(token: str | None) -> tuple[str, list[Any] | None]:
+    if not token:
+        return "after", None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        doc: dict[str, Any] = bson.decode(raw, bson.CodecOptions(tz_aware=True))
+        direction, values = doc["d"], doc["v"]
+        if direction not in ("after", "before") or not isinstance(values, list):
+            raise ValueError
+        return direction, values
+    except Exception:
+        raise InvalidSearch("_cursor is not one this server made; follow the Bundle's links") from None
