@@ -30,17 +30,17 @@ def compartment_params(compartment: str, resource_type: str) -> list[str]:
     return [p for p in definition.get(resource_type, []) if p != "{def}"]
 
 
-def compartment_filter(types: list[str], compartment: str, owner_id: str) -> dict[str, Any]:
-    """Resources of `types` in the compartment of `compartment`/`owner_id`."""
-    owner = f"{compartment}/{owner_id}"
-    per_type: list[dict[str, Any]] = []
-    for rtype in types:
-        params = compartment_params(compartment, rtype)
-        clauses: list[dict[str, Any]] = [{f"ix.{p}": owner} for p in params]
-        if rtype == compartment:
-            clauses.append({"_id": owner})
-        if clauses:
-            per_type.append({"type": rtype, "$or": clauses})
-    if not per_type:
-        return {"_id": {"$in": []}}
-    return per_type[0] if len(per_type) == 1 else {"$or": per_type}
+def memberships(resource_type: str, resource_id: str, ix: dict[str, list[Any]]) -> list[str]:
+    """Every compartment ("Patient/123", "Encounter/9", ...) a resource belongs to, from its index values.
+
+    Stored on the document as `cp`, so a compartment search or `$everything` is one
+    indexed equality instead of an OR over the compartment's parameters.
+    """
+    found: list[str] = []
+    for compartment, definition in compartments().items():
+        if resource_type == compartment:
+            found.append(f"{compartment}/{resource_id}")
+        prefix = f"{compartment}/"
+        for param in definition.get(resource_type, []):
+            found += [ref for ref in ix.get(param, []) if isinstance(ref, str) and ref.startswith(prefix)]
+    return list(dict.fromkeys(found))

@@ -2,8 +2,8 @@
 
 Fields: `_id` ("Type/id" when current, "Type/id/vid" in history), `type`, `id`,
 `vid`, `ts` (lastUpdated), `oid` (tie-breaker), `op`, `deleted`, `res` (the
-resource JSON) and, on current versions only, the search index `ix` and sort
-keys `sk` (see `search/extract.py`).
+resource JSON) and, on current versions only, the search index `ix`, sort
+keys `sk` (see `search/extract.py`) and compartment memberships `cp`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 from bson import ObjectId
 
+from fhir_store.compartments import memberships
 from fhir_store.ids import current_key
 from fhir_store.model import Operation, Version
 from fhir_store.search.extract import extract
@@ -44,6 +45,7 @@ def current_document(rtype: str, rid: str, vid: int, data: dict[str, Any] | None
                      "oid": ObjectId(), "op": op, "deleted": res is None, "res": res}
     if res is not None:
         doc["ix"], doc["sk"] = extract(registry(), res)
+        doc["cp"] = memberships(rtype, rid, doc["ix"])
     return doc
 
 

@@ -20,7 +20,11 @@ RESOURCES = [
     # listing and default (by id) paging per type; history
     _ix("type_id", ("_id", ASC)),
     _ix("type_history", ("ts", DESC), ("oid", DESC)),
+    _ix("last_updated", ("ts", ASC)),
     IndexModel([("ts", DESC), ("oid", DESC)], name="system_history"),
+    # compartments: a patient's chart of one type (`/Patient/1/Observation`) and all of it ($everything)
+    _ix("compartment", ("cp", ASC)),
+    IndexModel([("cp", ASC)], name="everything"),
     # finding a patient at the desk
     _ix("identifier", ("ix.identifier", ASC)),
     _ix("name", ("ix.name", ASC)),
@@ -33,9 +37,14 @@ RESOURCES = [
     _ix("subject_date", ("ix.subject", ASC), ("sk.date", DESC)),
     _ix("code_date", ("ix.code", ASC), ("sk.date", DESC)),
     _ix("encounter", ("ix.encounter", ASC)),
-    # work lists: referrals and orders by status and date
-    _ix("status_authored_on", ("ix.status", ASC), ("sk.authored-on", DESC)),
-    _ix("status_authored", ("ix.status", ASC), ("sk.authored", DESC)),
+    # work lists: referrals (Task) and orders (ServiceRequest) by status, then sorted by date
+    _ix("status", ("ix.status", ASC)),
+]
+
+#: Fields a search may start from (each the second key of an index above), most selective first.
+DRIVING_FIELDS = [
+    "_id", "ix.identifier", "cp", "ix.patient", "ix.subject", "ix.encounter", "ix.phone", "ix.family", "ix.name",
+    "ix.given", "ix.birthdate.lo", "ix.code", "ix.status", "ts",
 ]
 
 HISTORY = [

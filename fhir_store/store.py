@@ -34,7 +34,6 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from fhir_store import indexes
-from fhir_store.compartments import compartment_filter
 from fhir_store.documents import Document, current_document, now, version_from_document
 from fhir_store.errors import (
     InvalidRequest,
@@ -87,13 +86,13 @@ class FhirStore:
     run several interactions inside one MongoDB transaction.
     """
 
-    def __init__(self, db: AsyncDatabase[Document], *, local_base: str | None = None) -> None:
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
         self.db = db
         self.resources = db["resources"]
         self.history_versions = db["history"]
         self.claims = db["claims"]
         self.registry: Registry = registry()
-        self.search_engine = SearchEngine(self.registry, self.resources, local_base)
+        self.search_engine = SearchEngine(self.registry, self.resources)
 
     async def ensure_indexes(self) -> None:
         """Create the indexes the store relies on; cheap when they already exist."""
@@ -104,10 +103,7 @@ class FhirStore:
         """Run a search; `compartment` = ("Patient", id) limits it to that patient's compartment."""
         for rtype in request.types:
             _check_type(rtype)
-        base = None
-        if compartment is not None:
-            base = compartment_filter(request.types, *compartment)
-        return await self.search_engine.search(request, base_filter=base)
+        return await self.search_engine.search(request, compartment=compartment)
 
     # ---- reads -------------------------------------------------------------------------
 
@@ -144,9 +140,7 @@ class FhirStore:
         """Current, non-deleted resources matching conditional-interaction criteria."""
         _check_type(resource_type)
         request = SearchRequest(types=[resource_type], criteria=list(criteria), strict=True)
-        query = await self.search_engine.filter(request, [])
-        cursor = self.resources.find(query, session=session).limit(limit)
-        return [version_from_document(doc) async for doc in cursor]
+        return await self.search_engine.matching(request, limit=limit, session=session)
 
     # ---- writes ------------------------------------------------------------------------
 

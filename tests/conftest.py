@@ -80,3 +80,16 @@ def fhir(live_server: LiveServer) -> Iterator[httpx.Client]:
 
 def unique(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture(scope="module")
+def module_server(mongo_uri: str) -> Iterator[LiveServer]:
+    """A server with a database of its own, for tests whose expected answers depend on all the data."""
+    with LiveServer(make_settings(mongo_uri)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def own_fhir(module_server: LiveServer) -> Iterator[httpx.Client]:
+    with module_server.client() as client:
+        yield client

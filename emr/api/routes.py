@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Request, Response
 
@@ -341,8 +341,14 @@ async def _form_params(it: Interaction) -> list[tuple[str, str]]:
     content_type = it.request.headers.get("content-type", "").split(";")[0].strip()
     if content_type != "application/x-www-form-urlencoded":
         raise ApiError(415, "POST _search takes an application/x-www-form-urlencoded body", "not-supported")
-    form = await it.request.form()
-    return list(it.request.query_params.multi_items()) + [(k, str(v)) for k, v in form.multi_items()]
+    body = await it.request.body()
+    if len(body) > _settings(it).max_body_bytes:
+        raise ApiError(413, "The search form is larger than the body limit", "too-costly")
+    try:
+        form = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError:
+        raise ApiError(400, "The search form is not UTF-8") from None
+    return list(it.request.query_params.multi_items()) + form
 
 
 async def _search(it: Interaction, params: list[tuple[str, str]], *, types: list[str] | None = None,
@@ -353,6 +359,7 @@ async def _search(it: Interaction, params: list[tuple[str, str]], *, types: list
     strict = _prefer(it, "handling", "lenient") == "strict"
     request = parse_request(_store(it).registry, types, params, strict=strict,
                             default_count=settings.default_page_size, max_count=settings.max_page_size)
+    request.local_base = base_url(it.request)
     result = await _store(it).search(request, compartment=compartment)
     base = base_url(it.request)
     path = base + it.request.url.path.removeprefix("/fhir").rstrip("/")

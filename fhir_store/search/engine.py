@@ -14,12 +14,14 @@ from typing import Any
 
 import bson
 from pymongo import ASCENDING, DESCENDING
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 
+from fhir_store.compartments import compartment_params
 from fhir_store.documents import version_from_document
 from fhir_store.errors import InvalidSearch, Issue
 from fhir_store.model import Version
-from fhir_store.search.query import Filter, QueryBuilder
+from fhir_store.search.query import Clause, Filter, QueryBuilder, TypeQuery, match_stages
 from fhir_store.search.registry import Registry
 
 #: Query parameters that shape the result rather than select resources.
@@ -52,6 +54,8 @@ class SearchRequest:
     elements: list[str] | None = None
     cursor: str | None = None
     strict: bool = False
+    #: this server's base URL: absolute references to it are matched as relative ones
+    local_base: str | None = None
 
 
 @dataclass
@@ -126,30 +130,48 @@ def _include(registry: Registry, name: str, value: str) -> Include:
 
 
 class SearchEngine:
-    def __init__(self, registry: Registry, resources: AsyncCollection[dict[str, Any]],
-                 local_base: str | None = None) -> None:
+    """Runs searches as aggregation pipelines: `$match` on the driving index, `$match` the rest, sort, page.
+
+    Real MongoDB merges the two `$match` stages and plans them as one; an
+    embedded server with a simpler planner still starts from the right index.
+    """
+
+    def __init__(self, registry: Registry, resources: AsyncCollection[dict[str, Any]]) -> None:
         self.registry = registry
         self.resources = resources
-        self.builder = QueryBuilder(registry, resources, local_base)
 
-    async def filter(self, request: SearchRequest, issues: list[Issue]) -> Filter:
-        return await self.builder.build(request.types, request.criteria, strict=request.strict, issues=issues)
+    async def queries(self, request: SearchRequest, issues: list[Issue],
+                      compartment: tuple[str, str] | None = None) -> list[TypeQuery]:
+        builder = QueryBuilder(self.registry, self.resources, request.local_base)
+        queries = await builder.build(request.types, request.criteria, strict=request.strict, issues=issues)
+        if compartment is not None:
+            owner = f"{compartment[0]}/{compartment[1]}"
+            for query in queries:
+                compartment_params(compartment[0], query.resource_type)  # unknown compartment: 400
+                query.clauses.append(Clause({"cp": owner}, {"cp": owner}))
+        return queries
 
-    async def search(self, request: SearchRequest, *, base_filter: Filter | None = None) -> SearchResult:
+    async def matching(self, request: SearchRequest, *, limit: int,
+                       session: AsyncClientSession | None = None) -> list[Version]:
+        """Matches without paging or includes (conditional interactions)."""
+        stages = _match(await self.queries(request, []))
+        cursor = await self.resources.aggregate([*stages, {"$limit": limit}], session=session)
+        return [version_from_document(doc) async for doc in cursor]
+
+    async def search(self, request: SearchRequest, *, compartment: tuple[str, str] | None = None) -> SearchResult:
         issues: list[Issue] = []
-        query = await self.filter(request, issues)
-        if base_filter:
-            query = {"$and": [query, base_filter]}
+        queries = await self.queries(request, issues, compartment)
         if request.summary == "count":
-            return SearchResult([], [], await self.resources.count_documents(query), None, None, issues)
+            return SearchResult([], [], await self._count(queries), None, None, issues)
         sort = request.sort if any(k == "_id" for k, _ in request.sort) else [*request.sort, ("_id", ASCENDING)]
         direction, last = _decode_cursor(request.cursor)
         run_sort = sort if direction == "after" else [(k, -d) for k, d in sort]
-        page_query = query if last is None else {"$and": [query, _after(run_sort, last)]}
+        keyset = None if last is None else _after(run_sort, last)
         projection = {**_BASE_FIELDS, **{k: True for k, _ in sort if k.startswith("sk.")},
                       **self._include_projection(request)}
-        cursor = self.resources.find(page_query, projection).sort(run_sort).limit(request.count + 1)
-        docs = [doc async for doc in cursor]
+        pipeline = [*_match(queries, keyset), {"$sort": dict(run_sort)}, {"$limit": request.count + 1},
+                    {"$project": projection}]
+        docs = [doc async for doc in await self.resources.aggregate(pipeline)]
         more = len(docs) > request.count
         docs = docs[: request.count]
         if direction == "before":
@@ -161,8 +183,8 @@ class SearchEngine:
             if last is not None and (direction == "after" or more):
                 previous_cursor = _encode_cursor("before", _sort_values(sort, docs[0]))
         total: int | None = None
-        if request.total == "accurate" or request.total == "estimate":
-            total = await self.resources.count_documents(query)
+        if request.total in ("accurate", "estimate"):
+            total = await self._count(queries)
         elif request.total is None and last is None and not more:
             total = len(docs)  # known for free
         included = await self._includes(request, docs, issues) if request.count else []
@@ -170,10 +192,19 @@ class SearchEngine:
                             previous_cursor, issues)
 
     async def explain(self, request: SearchRequest) -> dict[str, Any]:
-        query = await self.filter(request, [])
+        """The database's plan for the search's main query (tests check that an index is used)."""
+        queries = await self.queries(request, [])
         sort = request.sort if any(k == "_id" for k, _ in request.sort) else [*request.sort, ("_id", ASCENDING)]
-        explained: dict[str, Any] = await self.resources.find(query).sort(sort).limit(request.count).explain()
+        pipeline = [*_match(queries), {"$sort": dict(sort)}, {"$limit": request.count}]
+        db = self.resources.database
+        explained: dict[str, Any] = await db.command(
+            "explain", {"aggregate": self.resources.name, "pipeline": pipeline, "cursor": {}})
         return explained
+
+    async def _count(self, queries: list[TypeQuery]) -> int:
+        async for doc in await self.resources.aggregate([*_match(queries), {"$count": "n"}]):
+            return int(doc["n"])
+        return 0
 
     def _include_projection(self, request: SearchRequest) -> dict[str, bool]:
         if any(inc.param == "*" for inc in request.includes):
@@ -206,10 +237,11 @@ class SearchEngine:
             first_round = False
         return [version_from_document(d) for d in included]
 
-    async def _fetch(self, query: Filter, seen: set[str]) -> list[dict[str, Any]]:
+    async def _fetch(self, first: Filter, seen: set[str]) -> list[dict[str, Any]]:
+        pipeline: list[Filter] = [{"$match": first}, {"$match": {"deleted": False}}, {"$limit": MAX_INCLUDED + 1},
+                    {"$project": {**_BASE_FIELDS, "ix": True}}]
         out = []
-        async for doc in self.resources.find({"$and": [query, {"deleted": False}]}, {**_BASE_FIELDS, "ix": True}) \
-                .limit(MAX_INCLUDED + 1):
+        async for doc in await self.resources.aggregate(pipeline):
             if doc["_id"] not in seen:
                 seen.add(doc["_id"])
                 out.append(doc)
@@ -236,6 +268,16 @@ class SearchEngine:
         if not targets:
             return []
         return await self._fetch({"type": inc.source, f"ix.{inc.param}": {"$in": targets}}, seen)
+
+
+def _match(queries: list[TypeQuery], keyset: Filter | None = None) -> list[Filter]:
+    """The `$match` stages of a search over one type (index-driven) or several (one `$or`)."""
+    extra = [keyset] if keyset else []
+    if len(queries) == 1:
+        return match_stages(queries[0], extra)
+    alternatives = [{"$and": [{"type": q.resource_type}, {"deleted": False}, *(c.exact for c in q.clauses)]}
+                    for q in queries]
+    return [{"$match": {"$or": alternatives}}, *({"$match": e} for e in extra)]
 
 
 def _sort_values(sort: list[tuple[str, int]], doc: dict[str, Any]) -> list[Any]:

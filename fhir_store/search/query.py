@@ -1,15 +1,22 @@
-"""Search parameters of a request turned into one MongoDB filter.
+"""Search parameters of a request turned into MongoDB filter clauses.
 
-Each occurrence of a parameter is ANDed; the comma-separated values inside one
-occurrence are ORed. Chained parameters (`subject:Patient.name=…`) and reverse
-chains (`_has:Observation:patient:code=…`) run in stages: the inner search
-yields ids (at most `stage_cap`, else a too-costly error rather than a slow
-server), which the outer filter matches with `$in` on an indexed field.
+Each occurrence of a parameter becomes one `Clause` (they are ANDed); the
+comma-separated values inside one occurrence are ORed. A clause has its exact
+filter and, where one exists, a *driving* condition: a necessary condition on a
+single indexed field (e.g. a string prefix as a plain range, where the exact
+filter needs `$elemMatch`). The engine starts each query from the best driving
+condition, so the database walks one index and checks the rest on few rows.
+
+Chained parameters (`subject:Patient.name=…`) and reverse chains
+(`_has:Observation:patient:code=…`) run in stages: the inner search yields ids
+(at most `stage_cap`, else a too-costly error rather than a slow server), which
+the outer clause matches with `$in` on an indexed field.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -24,12 +31,28 @@ from fhir_store.search.registry import MODIFIERS, Registry, SearchParam
 from fhir_store.text import fold, nfc
 
 Filter = dict[str, Any]
+#: Sorts after every string that starts with a prefix, so [p, p + _TOP) is "starts with p".
+_TOP = "\U0010ffff"
+
+
+@dataclass(frozen=True)
+class Clause:
+    exact: Filter
+    drive: Filter | None = None
+
+
+@dataclass
+class TypeQuery:
+    """The clauses that select resources of one type (ANDed)."""
+
+    resource_type: str
+    clauses: list[Clause]
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _SPLIT_COMMA = re.compile(r"(?<!\\),")
 _SPLIT_PIPE = re.compile(r"(?<!\\)\|")
 _SPLIT_DOLLAR = re.compile(r"(?<!\\)\$")
-_NOTHING: Filter = {"_id": {"$in": []}}
+_NOTHING = Clause({"_id": {"$in": []}}, {"_id": {"$in": []}})
 
 
 def unescape(value: str) -> str:
@@ -48,16 +71,11 @@ class QueryBuilder:
     stage_cap: int = 10_000
 
     async def build(self, types: list[str], criteria: list[tuple[str, str]], *, strict: bool,
-                    issues: list[Issue]) -> Filter:
-        """The filter for current, non-deleted resources of `types` matching every criterion."""
+                    issues: list[Issue]) -> list[TypeQuery]:
+        """One `TypeQuery` per type searched, each holding a clause per known criterion."""
         known = [(name, raw) for name, raw in criteria if self._known(types, name, strict, issues)]
-        per_type: list[Filter] = []
-        for rtype in types:
-            clauses: list[Filter] = [{"type": rtype}, {"deleted": False}]
-            for name, raw in known:
-                clauses.append(await self.criterion(rtype, name, raw, issues=issues))
-            per_type.append({"$and": clauses})
-        return per_type[0] if len(per_type) == 1 else {"$or": per_type}
+        return [TypeQuery(rtype, [await self.criterion(rtype, name, raw, issues=issues) for name, raw in known])
+                for rtype in types]
 
     def _known(self, types: list[str], name: str, strict: bool, issues: list[Issue]) -> bool:
         """Is `name` a parameter of every type searched? Unknown everywhere: ignored, unless strict."""
@@ -74,7 +92,7 @@ class QueryBuilder:
         issues.append(Issue("not-supported", f"{message}; it was ignored", severity="warning"))
         return False
 
-    async def criterion(self, rtype: str, name: str, raw: str, *, issues: list[Issue]) -> Filter:
+    async def criterion(self, rtype: str, name: str, raw: str, *, issues: list[Issue]) -> Clause:
         if name.startswith("_has:"):
             return await self._has(rtype, name, raw, issues)
         head, dot, rest = name.partition(".")
@@ -88,12 +106,12 @@ class QueryBuilder:
 
     # ---- one parameter, several OR-ed values ------------------------------------------------
 
-    def condition(self, param: SearchParam, modifier: str | None, raw: str) -> Filter:
+    def condition(self, param: SearchParam, modifier: str | None, raw: str) -> Clause:
         if modifier == "missing":
             if raw not in ("true", "false"):
                 raise InvalidSearch(f"{param.code}:missing takes true or false, not '{raw}'")
             field = _FIELDS.get(param.code, f"ix.{param.code}")
-            return {field: {"$exists": raw == "false"}}
+            return Clause({field: {"$exists": raw == "false"}})
         if modifier is not None and not _modifier_allowed(param, modifier):
             raise InvalidSearch(f"The modifier ':{modifier}' is not supported on {param.type} parameter "
                                 f"'{param.code}'")
@@ -102,23 +120,25 @@ class QueryBuilder:
             raise InvalidSearch(f"Search parameter '{param.code}' has an empty value")
         if param.type == "token" and modifier == "not":
             alternatives = [self.value(param, None, v, field=f"ix.{param.code}") for v in values]
-            return {"$nor": alternatives}
+            return Clause({"$nor": [a.exact for a in alternatives]})
         alternatives = [self.value(param, modifier, v, field=_FIELDS.get(param.code, f"ix.{param.code}"))
                         for v in values]
-        return alternatives[0] if len(alternatives) == 1 else {"$or": alternatives}
+        return any_of(alternatives)
 
-    def value(self, param: SearchParam, modifier: str | None, raw: str, *, field: str) -> Filter:
+    def value(self, param: SearchParam, modifier: str | None, raw: str, *, field: str) -> Clause:
         if param.code == "_id":
-            return {"id": unescape(raw)}
+            key = {"_id": f"{param.owner}/{unescape(raw)}"}
+            return Clause(key, key)
         if param.code == "_lastUpdated":
-            return _point_date(field, raw)
+            cond = _point_date(field, raw)
+            return Clause(cond, cond if "$or" not in cond else None)
         builder = _BUILDERS[param.type]
         return builder(self, param, modifier, raw, field)
 
     # ---- chains and _has --------------------------------------------------------------------
 
     async def _chain(self, param: SearchParam, type_modifier: str | None, rest: str, raw: str,
-                     issues: list[Issue]) -> Filter:
+                     issues: list[Issue]) -> Clause:
         if param.type != "reference":
             raise InvalidSearch(f"'{param.code}' is not a reference parameter, so it cannot be chained")
         targets = [type_modifier] if type_modifier else list(param.targets)
@@ -129,11 +149,11 @@ class QueryBuilder:
         refs: list[str] = []
         for target in targets:
             inner = await self.criterion(target, rest, raw, issues=issues)
-            ids = await self._ids({"$and": [{"type": target}, {"deleted": False}, inner]})
-            refs += [f"{target}/{i}" for i in ids]
-        return {f"ix.{param.code}": {"$in": refs}}
+            refs += [doc["_id"] async for doc in self._stage(TypeQuery(target, [inner]), {"_id": True})]
+        cond = {f"ix.{param.code}": {"$in": refs}}
+        return Clause(cond, cond)
 
-    async def _has(self, rtype: str, name: str, raw: str, issues: list[Issue]) -> Filter:
+    async def _has(self, rtype: str, name: str, raw: str, issues: list[Issue]) -> Clause:
         parts = name.split(":", 3)
         if len(parts) < 4 or not parts[3]:
             raise InvalidSearch(f"'{name}' must look like _has:Type:reference-parameter:parameter")
@@ -142,24 +162,66 @@ class QueryBuilder:
         if ref_param is None or ref_param.type != "reference":
             raise InvalidSearch(f"'{ref_code}' is not a reference search parameter of {source}")
         inner = await self.criterion(source, rest, raw, issues=issues)
-        query = {"$and": [{"type": source}, {"deleted": False}, inner]}
         prefix = f"{rtype}/"
-        ids: set[str] = set()
-        async for doc in self.resources.find(query, {f"ix.{ref_code}": True}).limit(self.stage_cap + 1):
-            ids.update(r[len(prefix):] for r in (doc.get("ix") or {}).get(ref_code, []) if r.startswith(prefix))
-        if len(ids) > self.stage_cap:
-            raise SearchTooCostly(f"'{name}' matches more than {self.stage_cap} resources; narrow it down")
-        return {"id": {"$in": sorted(ids)}}
+        keys: set[str] = set()
+        async for doc in self._stage(TypeQuery(source, [inner]), {f"ix.{ref_code}": True}):
+            keys.update(r for r in (doc.get("ix") or {}).get(ref_code, []) if r.startswith(prefix))
+        cond = {"_id": {"$in": sorted(keys)}}
+        return Clause(cond, cond)
 
-    async def _ids(self, query: Filter) -> list[str]:
-        ids = [doc["id"] async for doc in self.resources.find(query, {"id": True}).limit(self.stage_cap + 1)]
-        if len(ids) > self.stage_cap:
-            raise SearchTooCostly(f"A chained search stage matches more than {self.stage_cap} resources; "
-                                  "add criteria to narrow it down")
-        return ids
+    async def _stage(self, query: TypeQuery, projection: Filter) -> AsyncIterator[dict[str, Any]]:
+        """Rows of an inner (chained or `_has`) search, refusing more than `stage_cap`."""
+        pipeline = [*match_stages(query), {"$limit": self.stage_cap + 1}, {"$project": projection}]
+        count = 0
+        async for doc in await self.resources.aggregate(pipeline):
+            count += 1
+            if count > self.stage_cap:
+                raise SearchTooCostly(f"A chained or _has stage matches more than {self.stage_cap} resources; "
+                                      "add criteria to narrow it down")
+            yield doc
 
 
-_FIELDS = {"_id": "id", "_lastUpdated": "ts"}
+_FIELDS = {"_id": "_id", "_lastUpdated": "ts"}
+
+
+def any_of(alternatives: list[Clause]) -> Clause:
+    """OR of clauses; equalities on one field become one `$in`, which an index serves."""
+    if len(alternatives) == 1:
+        return alternatives[0]
+    exact: Filter = {"$or": [a.exact for a in alternatives]}
+    drives = [a.drive for a in alternatives]
+    if all(d is not None and len(d) == 1 for d in drives):
+        fields = {next(iter(d)) for d in drives if d}
+        if len(fields) == 1:
+            field = fields.pop()
+            values: list[Any] = []
+            for d in drives:
+                cond = d[field] if d else None
+                if isinstance(cond, dict) and set(cond) == {"$in"}:
+                    values += cond["$in"]
+                elif not isinstance(cond, dict):
+                    values.append(cond)
+                else:
+                    return Clause(exact)
+            return Clause(exact, {field: {"$in": values}})
+    return Clause(exact)
+
+
+def match_stages(query: TypeQuery, extra: list[Filter] | None = None) -> list[Filter]:
+    """`$match` stages for one type: first the best driving condition (one index), then the rest."""
+    from fhir_store.indexes import DRIVING_FIELDS
+
+    best: Filter | None = None
+    best_rank = len(DRIVING_FIELDS)
+    for clause in query.clauses:
+        if clause.drive:
+            field = next(iter(clause.drive))
+            rank = DRIVING_FIELDS.index(field) if field in DRIVING_FIELDS else len(DRIVING_FIELDS)
+            if rank < best_rank:
+                best, best_rank = clause.drive, rank
+    first: Filter = {"type": query.resource_type, **(best or {})}
+    rest: list[Filter] = [{"deleted": False}, *(c.exact for c in query.clauses), *(extra or [])]
+    return [{"$match": first}, {"$match": {"$and": rest}}]
 
 
 def _modifier_allowed(param: SearchParam, modifier: str) -> bool:
@@ -171,28 +233,37 @@ def _modifier_allowed(param: SearchParam, modifier: str) -> bool:
     return modifier in allowed
 
 
-# ---- per-type value builders --------------------------------------------------------------------
+# ---- per-type value builders: each returns the Clause for one value --------------------------
 
-def _string(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: str, field: str) -> Filter:
+def _prefix_range(text: str) -> Filter:
+    return {"$gte": text, "$lt": text + _TOP}
+
+
+def _starts_with(field: str, text: str) -> Clause:
+    """Some element of the array `field` starts with `text`; the plain range drives the index."""
+    return Clause({field: {"$elemMatch": _prefix_range(text)}}, {field: _prefix_range(text)})
+
+
+def _string(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: str, field: str) -> Clause:
     text = unescape(raw)
-    if modifier == "exact":
-        return {f"{field}:exact": nfc(text)}
     folded = fold(text)
+    if modifier == "exact":
+        return Clause({f"{field}:exact": nfc(text)}, {field: folded} if folded else None)
     if not folded:
         return _NOTHING
     if modifier == "contains":
-        return {field: {"$regex": re.escape(folded)}}
-    return {field: {"$regex": "^" + re.escape(folded)}}
+        return Clause({field: {"$regex": re.escape(folded)}})
+    return _starts_with(field, folded)
 
 
-def _token(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: str, field: str) -> Filter:
+def _token(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: str, field: str) -> Clause:
     if modifier == "text":
-        return {f"{field}:text": {"$regex": "^" + re.escape(fold(unescape(raw)))}}
+        return Clause(_starts_with(f"{field}:text", fold(unescape(raw))).exact)
     if modifier == "of-type":
         parts = _SPLIT_PIPE.split(raw)
         if len(parts) != 3 or not all(parts):
             raise InvalidSearch(f"{param.code}:of-type takes system|code|value, not '{raw}'")
-        return {f"{field}:of-type": "|".join(unescape(p) for p in parts)}
+        return Clause({f"{field}:of-type": "|".join(unescape(p) for p in parts)})
     parts = _SPLIT_PIPE.split(raw)
     if len(parts) > 2:
         raise InvalidSearch(f"A token is [system]|[code]; '{raw}' has too many '|'")
@@ -200,35 +271,39 @@ def _token(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: str,
         code = unescape(parts[0])
         digits = re.sub(r"\D", "", code)
         if param.code in ("phone", "telecom") and digits and digits != code:
-            return {field: {"$in": [code, digits]}}
-        return {field: code}
+            cond: Filter = {field: {"$in": [code, digits]}}
+            return Clause(cond, cond)
+        return Clause({field: code}, {field: code})
     system, code = unescape(parts[0]), unescape(parts[1])
     if not code:
         if not system:
             raise InvalidSearch(f"'{param.code}=|' names neither a system nor a code")
-        return {field: {"$regex": "^" + re.escape(f"{system}|")}}
-    return {field: token_values(system or None, code)[0]}
+        return _starts_with(field, f"{system}|")
+    value = token_values(system or None, code)[0]
+    return Clause({field: value}, {field: value})
 
 
-def _reference(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: str, field: str) -> Filter:
+def _reference(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: str, field: str) -> Clause:
     value = unescape(raw)
     if modifier == "identifier":
         parts = _SPLIT_PIPE.split(raw)
         system, code = (unescape(parts[0]), unescape(parts[1])) if len(parts) == 2 else (None, value)
-        return {f"{field}:identifier": token_values(system or None, code)[0] if system else code}
+        return Clause({f"{field}:identifier": token_values(system or None, code)[0] if system else code})
     if qb.local_base and value.startswith(qb.local_base.rstrip("/") + "/"):
         value = value[len(qb.local_base.rstrip("/")) + 1:]
+    cond: Filter
     if value.startswith(("http://", "https://", "urn:")):
-        return {field: value}
-    value = normalise_reference(value)
-    if "/" in value:
-        if modifier and not value.startswith(f"{modifier}/"):
-            raise InvalidSearch(f"'{param.code}:{modifier}={raw}' names another type")
-        return {field: value}
-    types = [modifier] if modifier else list(param.targets)
-    if not types:
-        return {field: value}
-    return {field: {"$in": [f"{t}/{value}" for t in types]}}
+        cond = {field: value}
+    else:
+        value = normalise_reference(value)
+        if "/" in value:
+            if modifier and not value.startswith(f"{modifier}/"):
+                raise InvalidSearch(f"'{param.code}:{modifier}={raw}' names another type")
+            cond = {field: value}
+        else:
+            types = [modifier] if modifier else list(param.targets)
+            cond = {field: {"$in": [f"{t}/{value}" for t in types]}} if types else {field: value}
+    return Clause(cond, cond)
 
 
 def _split_prefix(raw: str) -> tuple[str, str]:
@@ -255,7 +330,8 @@ def _approx(lo: datetime, hi: datetime) -> tuple[datetime, datetime]:
     return lo - delta, hi + delta
 
 
-def _date(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: str, field: str) -> Filter:
+def _date(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: str, field: str) -> Clause:
+    """Stored values are ranges [lo, hi); each prefix compares ranges the spec's way."""
     prefix, lo, hi = _date_range(param.code, raw)
     if prefix == "ap":
         lo, hi = _approx(lo, hi)
@@ -271,8 +347,11 @@ def _date(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: str, 
         "ne": {"lo": {"$gte": lo}, "hi": {"$lte": hi}},
     }[prefix]
     if prefix == "ne":
-        return {field: {"$not": {"$elemMatch": cond}}}
-    return {field: {"$elemMatch": cond}}
+        return Clause({field: {"$not": {"$elemMatch": cond}}})
+    # a necessary condition on `lo` alone lets the (lo, hi) index drive
+    lo_bound = {"eq": {"$gte": lo, "$lt": hi}, "ap": {"$lt": hi}, "lt": {"$lt": lo}, "le": {"$lt": hi},
+                "sa": {"$gte": hi}}.get(prefix)
+    return Clause({field: {"$elemMatch": cond}}, {f"{field}.lo": lo_bound} if lo_bound else None)
 
 
 def _point_date(field: str, raw: str) -> Filter:
@@ -307,10 +386,11 @@ def _decimal(param_code: str, text: str) -> tuple[float, float, float]:
 
 
 def _number_cond(prefix: str, value: float, lo: float, hi: float, lo_key: str, hi_key: str) -> Filter:
+    """Conditions on a stored value range [lo_key, hi_key] (equal for a single value)."""
     if prefix == "ap":
         delta = abs(value) * 0.1
         return {lo_key: {"$lte": value + delta}, hi_key: {"$gte": value - delta}}
-    return {
+    conditions: dict[str, Filter] = {
         "eq": {lo_key: {"$gte": lo}, hi_key: {"$lt": hi}},
         "gt": {hi_key: {"$gt": value}},
         "sa": {lo_key: {"$gt": value}},
@@ -318,23 +398,24 @@ def _number_cond(prefix: str, value: float, lo: float, hi: float, lo_key: str, h
         "lt": {lo_key: {"$lt": value}},
         "eb": {hi_key: {"$lt": value}},
         "le": {lo_key: {"$lte": value}},
-    }[prefix]
+    }
+    return conditions[prefix]
 
 
-def _number(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: str, field: str) -> Filter:
+def _number(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: str, field: str) -> Clause:
     prefix, text = _split_prefix(raw)
     value, lo, hi = _decimal(param.code, text)
     if prefix == "ne":
-        return {field: {"$not": {"$gte": lo, "$lt": hi}}}
-    if prefix == "ap":
-        delta = abs(value) * 0.1
-        return {field: {"$gte": value - delta, "$lte": value + delta}}
-    ops = {"eq": {"$gte": lo, "$lt": hi}, "gt": {"$gt": value}, "sa": {"$gt": value}, "ge": {"$gte": value},
-           "lt": {"$lt": value}, "eb": {"$lt": value}, "le": {"$lte": value}}
-    return {field: ops[prefix]}
+        return Clause({field: {"$not": {"$elemMatch": {"$gte": lo, "$lt": hi}}}})
+    ops: dict[str, Filter] = {
+        "eq": {"$gte": lo, "$lt": hi}, "gt": {"$gt": value}, "sa": {"$gt": value}, "ge": {"$gte": value},
+        "lt": {"$lt": value}, "eb": {"$lt": value}, "le": {"$lte": value},
+        "ap": {"$gte": value - abs(value) * 0.1, "$lte": value + abs(value) * 0.1},
+    }
+    return Clause({field: {"$elemMatch": ops[prefix]}})
 
 
-def _quantity(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: str, field: str) -> Filter:
+def _quantity(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: str, field: str) -> Clause:
     parts = _SPLIT_PIPE.split(raw)
     if len(parts) not in (1, 3):
         raise InvalidSearch(f"A quantity is [prefix]number[|system|code]; '{raw}' is not one")
@@ -348,21 +429,22 @@ def _quantity(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: s
         if code:
             cond["$or"] = [{"c": code}, {"u": code}]
     if prefix == "ne":
-        return {field: {"$not": {"$elemMatch": {**cond, **_number_cond("eq", value, lo, hi, "lo", "hi")}}}}
-    return {field: {"$elemMatch": {**cond, **_number_cond(prefix, value, lo, hi, "lo", "hi")}}}
+        return Clause({field: {"$not": {"$elemMatch": {**cond, **_number_cond("eq", value, lo, hi, "lo", "hi")}}}})
+    return Clause({field: {"$elemMatch": {**cond, **_number_cond(prefix, value, lo, hi, "lo", "hi")}}})
 
 
-def _uri(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: str, field: str) -> Filter:
+def _uri(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: str, field: str) -> Clause:
     value = unescape(raw)
     if modifier == "below":
-        return {field: {"$regex": "^" + re.escape(value)}}
+        return _starts_with(field, value)
     if modifier == "above":
         parts = value.split("/")
-        return {field: {"$in": ["/".join(parts[:i]) for i in range(3, len(parts) + 1)]}}
-    return {field: value}
+        cond: Filter = {field: {"$in": ["/".join(parts[:i]) for i in range(3, len(parts) + 1)]}}
+        return Clause(cond, cond)
+    return Clause({field: value}, {field: value})
 
 
-def _composite(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: str, field: str) -> Filter:
+def _composite(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: str, field: str) -> Clause:
     pieces = _SPLIT_DOLLAR.split(raw)
     if len(pieces) != len(param.components):
         raise InvalidSearch(f"'{param.code}' takes {len(param.components)} values joined by '$'; got '{raw}'")
@@ -370,8 +452,8 @@ def _composite(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: 
     for i, (component, piece) in enumerate(zip(param.components, pieces, strict=True)):
         fake = SearchParam(code=f"{param.code}${i}", type=component.param_type, url="", expression="",
                            leaves=component.leaves)
-        cond.update(_BUILDERS[component.param_type](qb, fake, None, piece, str(i)))
-    return {field: {"$elemMatch": cond}}
+        cond.update(_BUILDERS[component.param_type](qb, fake, None, piece, str(i)).exact)
+    return Clause({field: {"$elemMatch": cond}})
 
 
 _BUILDERS = {

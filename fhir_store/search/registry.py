@@ -56,6 +56,8 @@ class SearchParam:
     components: tuple[Component, ...] = field(default_factory=tuple)
     #: a parameter that is computed rather than walked (Patient.deceased)
     computed: str | None = None
+    #: the resource type this compiled parameter belongs to
+    owner: str = ""
 
 
 class Registry:
@@ -80,7 +82,7 @@ class Registry:
 
     def _compile(self, d: dict[str, Any], rtype: str, by_url: dict[str, dict[str, Any]]) -> SearchParam | None:
         code, ptype, expression = d["code"], d["type"], d.get("expression") or ""
-        common = {"code": code, "type": ptype, "url": d["url"], "expression": expression}
+        common = {"code": code, "type": ptype, "url": d["url"], "expression": expression, "owner": rtype}
         if code in SPECIAL_FIELDS:
             return SearchParam(leaves=(), **common)
         if code == "deceased" and rtype == "Patient":
