@@ -66,8 +66,8 @@ DATA: list[dict[str, Any]] = [
      "agent": [{"requestor": True, "who": {"identifier": {"value": "MyUserId"}}}],
      "entity": [{"what": {"reference": "Observation/o1"}}]},
     {"resourceType": "Group", "id": "g1", "type": "person", "actual": True,
-     "characteristic": [{"code": {"coding": [{"code": "gender"}]}, "valueCodeableConcept": {"coding": [{"code": "mixed"}]},
-                         "exclude": False}]},
+     "characteristic": [{"code": {"coding": [{"code": "gender"}]},
+                         "valueCodeableConcept": {"coding": [{"code": "mixed"}]}, "exclude": False}]},
     {"resourceType": "ValueSet", "id": "vs1", "status": "active", "url": "http://acme.org/fhir/ValueSet/123"},
     {"resourceType": "ValueSet", "id": "vs2", "status": "active", "url": "http://acme.org/fhir/ValueSet/124/x"},
 ]
