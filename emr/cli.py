@@ -30,5 +30,9 @@ def serve(
                 log_level="info", proxy_headers=True)
 
 
+# Commands that live in their own modules (one module per command), registered here.
+# -- command registrations: keep one line per command below --
+
+
 if __name__ == "__main__":
     app()
