@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from emr import __version__
 from emr.api.formats import is_pretty
 from emr.api.pipeline import Interceptor, Pipeline
-from emr.api.responses import ApiError, outcome_response, status_of
+from emr.api.responses import ApiError, outcome_response
 from emr.api.routes import router
 from emr.database import open_database
 from emr.settings import Settings, get_settings
@@ -51,7 +51,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StoreError)
     async def store_error(request: Request, exc: StoreError) -> Response:
         headers = {"ETag": f'W/"{exc.version_id}"'} if isinstance(exc, ResourceGone) else None
-        return outcome_response(status_of(exc), exc.issues, pretty=is_pretty(request), headers=headers)
+        return outcome_response(exc.status, exc.issues, pretty=is_pretty(request), headers=headers)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:

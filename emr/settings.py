@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     #: Default and largest page size of history (and later search) Bundles.
     default_page_size: int = 50
     max_page_size: int = 1000
+    #: Most entries a batch or transaction Bundle may carry (413 above it).
+    max_bundle_entries: int = 5000
     host: str = "127.0.0.1"
     port: int = 8080
 

@@ -1,8 +1,10 @@
 """Store errors, each carrying the FHIR OperationOutcome issues that explain it.
 
-The store knows nothing of HTTP: the API layer maps each error class to a status
-code in one table (`emr.api.outcomes`). Keeping the issue list on the exception
-means the answer a client sees is written where the problem is understood.
+Each error class carries the status FHIR gives that outcome (`status`): the REST
+API answers with it, and batch/transaction responses put it in
+`entry.response.status`, so the mapping lives in one place. Keeping the issue
+list on the exception means the answer a client sees is written where the
+problem is understood.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class StoreError(Exception):
     """Base of every error the store raises on purpose; anything else is a bug."""
 
     issue_code = "processing"
+    status = 400
 
     def __init__(self, message: str, issues: list[Issue] | None = None) -> None:
         super().__init__(message)
@@ -55,16 +58,19 @@ class InvalidRequest(StoreError):
 
 class UnknownResourceType(StoreError):
     issue_code = "not-supported"
+    status = 404
 
 
 class ResourceNotFound(StoreError):
     issue_code = "not-found"
+    status = 404
 
 
 class ResourceGone(StoreError):
     """The resource existed and was deleted; its history remains readable."""
 
     issue_code = "deleted"
+    status = 410
 
     def __init__(self, message: str, version_id: int) -> None:
         super().__init__(message)
@@ -75,18 +81,21 @@ class VersionConflict(StoreError):
     """If-Match named a version that is no longer current: the client must re-read."""
 
     issue_code = "conflict"
+    status = 412
 
 
 class MultipleMatches(StoreError):
     """A conditional interaction's criteria matched more than one resource."""
 
     issue_code = "multiple-matches"
+    status = 412
 
 
 class TooManyRequests(StoreError):
     """A write kept losing a race with concurrent writers; the client may retry."""
 
     issue_code = "transient"
+    status = 429
 
 
 class InvalidSearch(StoreError):
@@ -99,3 +108,23 @@ class SearchTooCostly(StoreError):
     """A chained or `_has` stage matched more resources than a search may carry between stages."""
 
     issue_code = "too-costly"
+    status = 400
+
+
+class PayloadTooLarge(StoreError):
+    """A Bundle with more entries than the configured limit."""
+
+    issue_code = "too-costly"
+    status = 413
+
+
+class EntryFailed(StoreError):
+    """An entry of a transaction failed, so none of the transaction was kept."""
+
+    def __init__(self, index: int, what: str, cause: StoreError) -> None:
+        message = f"Bundle.entry[{index}] ({what}) failed, so the transaction was rolled back: {cause}"
+        issues = [Issue(i.code, f"Bundle.entry[{index}] ({what}): {i.diagnostics}", i.severity,
+                        (f"Bundle.entry[{index}]", *i.expression)) for i in cause.issues]
+        super().__init__(message, issues)
+        self.index = index
+        self.status = cause.status

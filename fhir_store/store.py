@@ -99,11 +99,21 @@ class FhirStore:
         await self.resources.create_indexes(indexes.RESOURCES)
         await self.history_versions.create_indexes(indexes.HISTORY)
 
-    async def search(self, request: SearchRequest, *, compartment: tuple[str, str] | None = None) -> SearchResult:
+    async def search(self, request: SearchRequest, *, compartment: tuple[str, str] | None = None,
+                     session: AsyncClientSession | None = None) -> SearchResult:
         """Run a search; `compartment` = ("Patient", id) limits it to that patient's compartment."""
         for rtype in request.types:
             _check_type(rtype)
-        return await self.search_engine.search(request, compartment=compartment)
+        return await self.search_engine.search(request, compartment=compartment, session=session)
+
+    async def everything(self, patient_id: str, *, types: list[str] | None = None, since: datetime | None = None,
+                         count: int = 50, cursor: str | None = None) -> SearchResult:
+        """Patient/$everything: the patient, their compartment, and what it references."""
+        await self.read("Patient", patient_id)  # 404 / 410 when there is no such patient
+        for rtype in types or []:
+            _check_type(rtype)
+        return await self.search_engine.everything(f"Patient/{patient_id}", types=types, since=since, count=count,
+                                                   cursor=cursor)
 
     # ---- reads -------------------------------------------------------------------------
 
@@ -145,17 +155,18 @@ class FhirStore:
     # ---- writes ------------------------------------------------------------------------
 
     async def create(self, resource: Any, *, resource_type: str | None = None, if_none_exist: str | None = None,
-                     session: AsyncClientSession | None = None) -> WriteResult:
+                     resource_id: str | None = None, session: AsyncClientSession | None = None) -> WriteResult:
         """Create with a server-assigned id (any id in the body is ignored, as the spec says).
 
-        With `if_none_exist`, an existing match is returned instead (created=False);
+        `resource_id` lets a caller that had to know the new id beforehand (a
+        transaction resolving `urn:uuid:` references) choose it. With
+        `if_none_exist`, an existing match is returned instead (created=False);
         concurrent calls with the same criteria create exactly one resource.
         """
         data = validate_resource(resource, expected_type=resource_type)
         if if_none_exist is not None:
-            return await self._conditional_create(data, parse_criteria(if_none_exist), session)
-        rid = new_id()
-        data["id"] = rid
+            return await self._conditional_create(data, parse_criteria(if_none_exist), session, resource_id)
+        data["id"] = check_id(resource_id) if resource_id else new_id()
         return await self._insert_first(data, session)
 
     async def update(self, resource: Any, *, resource_type: str, resource_id: str, if_match: int | None = None,
@@ -344,7 +355,7 @@ class FhirStore:
         return WriteResult(version_from_document(doc), created=current.deleted and op != "delete")
 
     async def _conditional_create(self, data: dict[str, Any], criteria: Criteria,
-                                  session: AsyncClientSession | None) -> WriteResult:
+                                  session: AsyncClientSession | None, resource_id: str | None) -> WriteResult:
         rtype = data["resourceType"]
         claim_id = f"{rtype}?{urlencode(criteria)}"
         for attempt in range(200):
@@ -366,7 +377,7 @@ class FhirStore:
                 matches = await self.find(rtype, criteria, session=session)
                 if matches:
                     return WriteResult(matches[0], created=False, changed=False)
-                data["id"] = new_id()
+                data["id"] = resource_id or new_id()
                 return await self._insert_first(data, session)
             finally:
                 await self.claims.delete_one({"_id": claim_id, "ts": moment}, session=session)

@@ -44,6 +44,10 @@ def _resource_entries() -> tuple[dict[str, Any], ...]:
             "conditionalUpdate": "update" in conditional,
             "conditionalDelete": "single" if "delete" in conditional else "not-supported",
         }
+        operations = [c.code for c in CAPABILITIES if c.level == f"operation:{name}"]
+        if operations:
+            entry["operation"] = [{"name": op, "definition": f"http://hl7.org/fhir/OperationDefinition/{name}-{op}"}
+                                  for op in operations]
         if "search-type" in type_codes:
             entry["searchInclude"] = ["*"] + [f"{name}:{p.code}" for p in params if p.type == "reference"]
             entry["searchRevInclude"] = sorted(revincludes.get(name, []))

@@ -1,4 +1,4 @@
-"""FHIR JSON responses, and the one table from store errors to HTTP status codes."""
+"""FHIR JSON responses and the API's own errors (store errors carry their status themselves)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,9 @@ from typing import Any
 import orjson
 from fastapi import Response
 
-from fhir_store import errors as store_errors
-from fhir_store.errors import Issue, StoreError, operation_outcome
+from fhir_store.errors import Issue, operation_outcome
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
-
-STATUS_OF: dict[type[StoreError], int] = {
-    store_errors.InvalidResource: 400,
-    store_errors.InvalidRequest: 400,
-    store_errors.UnknownResourceType: 404,
-    store_errors.ResourceNotFound: 404,
-    store_errors.ResourceGone: 410,
-    store_errors.VersionConflict: 412,
-    store_errors.MultipleMatches: 412,
-    store_errors.TooManyRequests: 429,
-}
-
 
 class ApiError(Exception):
     """A problem found by the HTTP layer itself (format, headers, size)."""
@@ -42,10 +29,3 @@ def fhir_response(body: dict[str, Any] | None, status: int = 200, headers: dict[
 def outcome_response(status: int, issues: list[Issue], *, pretty: bool = False,
                      headers: dict[str, str] | None = None) -> Response:
     return fhir_response(operation_outcome(issues), status, headers, pretty=pretty)
-
-
-def status_of(error: StoreError) -> int:
-    for cls in type(error).__mro__:
-        if cls in STATUS_OF:
-            return STATUS_OF[cls]
-    return 400

@@ -16,15 +16,16 @@ from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Request, Response
 
-from emr.api.bundles import etag, history_bundle, searchset_bundle
 from emr.api.formats import check_acceptable, is_pretty, read_json
 from emr.api.pipeline import Interaction
 from emr.api.responses import ApiError, fhir_response
 from emr.settings import Settings
 from fhir_store import FhirStore, HistoryCursor, Version, WriteResult
+from fhir_store.bundles import etag, history_bundle, searchset_bundle
 from fhir_store.errors import Issue, operation_outcome
 from fhir_store.resource_types import resource_types
 from fhir_store.search.engine import parse_request
+from fhir_store.transactions import BundleProcessor
 
 router = APIRouter(prefix="/fhir")
 
@@ -190,6 +191,23 @@ async def search_system(it: Interaction) -> Response:
     return await _search(it, list(it.request.query_params.multi_items()))
 
 
+@interaction("POST", "", "transaction", "system")
+async def batch_or_transaction(it: Interaction) -> Response:
+    """A batch (each entry on its own) or transaction (all or nothing) Bundle."""
+    settings = _settings(it)
+    body = await read_json(it.request, settings.max_body_bytes)
+    it.kind = "batch" if isinstance(body, dict) and body.get("type") == "batch" else "transaction"
+    processor = BundleProcessor(_store(it), max_entries=settings.max_bundle_entries,
+                                page_size=settings.default_page_size, max_page_size=settings.max_page_size)
+    response = await processor.process(body, base=base_url(it.request),
+                                       return_resources=_prefer_return(it) == "representation"
+                                       and "return=" in it.request.headers.get("prefer", ""))
+    return fhir_response(response, pretty=is_pretty(it.request))
+
+
+CAPABILITIES.append(Capability("batch", "system"))  # the same route answers both Bundle types
+
+
 @interaction("POST", "/_search", "search-system", "system")
 async def search_system_post(it: Interaction) -> Response:
     """Search across types with the parameters in a form body."""
@@ -247,6 +265,25 @@ async def conditional_delete(it: Interaction) -> Response:
 async def history_instance(it: Interaction) -> Response:
     """Every version of one resource, newest first, deletions included."""
     return await _history(it)
+
+
+@interaction("GET", "/Patient/{resource_id}/$everything", "everything", "operation:Patient")
+async def patient_everything(it: Interaction) -> Response:
+    """Patient/$everything: the patient's whole chart, paged, with `_since`, `_type` and `_count`."""
+    it.resource_type = "Patient"
+    params = it.request.query_params
+    since = _parse_instant("_since", params["_since"]) if "_since" in params else None
+    types = [t for t in params.get("_type", "").split(",") if t] or None
+    result = await _store(it).everything(str(it.resource_id), types=types, since=since, count=_parse_count(it),
+                                         cursor=params.get("_cursor"))
+    base = base_url(it.request)
+    path = f"{base}/Patient/{it.resource_id}/$everything"
+    kept = [(k, v) for k, v in params.multi_items() if k != "_cursor"]
+    links = {"self": f"{path}?{urlencode(kept)}" if kept else path}
+    if result.next_cursor:
+        links["next"] = f"{path}?{urlencode([*kept, ('_cursor', result.next_cursor)])}"
+    bundle = searchset_bundle(base, result, links, summary=None, elements=None)
+    return fhir_response(bundle, pretty=is_pretty(it.request))
 
 
 @interaction("GET", "/{resource_type}/{resource_id}/{compartment_type}", "search-compartment", "compartment")

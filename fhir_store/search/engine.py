@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import bson
@@ -30,6 +31,9 @@ RESULT_PARAMETERS = {"_sort", "_count", "_include", "_revinclude", "_summary", "
 SUMMARY_MODES = ("true", "text", "data", "count", "false")
 TOTAL_MODES = ("none", "estimate", "accurate")
 MAX_INCLUDED = 1000
+#: Types `$everything` adds when the patient's records reference them (they are outside the compartment).
+EVERYTHING_REFERENCED = {"Practitioner", "PractitionerRole", "Organization", "Location", "Medication", "Device",
+                         "Substance", "HealthcareService"}
 _BASE_FIELDS = {"type": True, "id": True, "vid": True, "ts": True, "oid": True, "op": True, "res": True}
 
 
@@ -141,8 +145,9 @@ class SearchEngine:
         self.resources = resources
 
     async def queries(self, request: SearchRequest, issues: list[Issue],
-                      compartment: tuple[str, str] | None = None) -> list[TypeQuery]:
-        builder = QueryBuilder(self.registry, self.resources, request.local_base)
+                      compartment: tuple[str, str] | None = None,
+                      session: AsyncClientSession | None = None) -> list[TypeQuery]:
+        builder = QueryBuilder(self.registry, self.resources, request.local_base, session=session)
         queries = await builder.build(request.types, request.criteria, strict=request.strict, issues=issues)
         if compartment is not None:
             owner = f"{compartment[0]}/{compartment[1]}"
@@ -154,15 +159,16 @@ class SearchEngine:
     async def matching(self, request: SearchRequest, *, limit: int,
                        session: AsyncClientSession | None = None) -> list[Version]:
         """Matches without paging or includes (conditional interactions)."""
-        stages = _match(await self.queries(request, []))
+        stages = _match(await self.queries(request, [], session=session))
         cursor = await self.resources.aggregate([*stages, {"$limit": limit}], session=session)
         return [version_from_document(doc) async for doc in cursor]
 
-    async def search(self, request: SearchRequest, *, compartment: tuple[str, str] | None = None) -> SearchResult:
+    async def search(self, request: SearchRequest, *, compartment: tuple[str, str] | None = None,
+                     session: AsyncClientSession | None = None) -> SearchResult:
         issues: list[Issue] = []
-        queries = await self.queries(request, issues, compartment)
+        queries = await self.queries(request, issues, compartment, session)
         if request.summary == "count":
-            return SearchResult([], [], await self._count(queries), None, None, issues)
+            return SearchResult([], [], await self._count(queries, session), None, None, issues)
         sort = request.sort if any(k == "_id" for k, _ in request.sort) else [*request.sort, ("_id", ASCENDING)]
         direction, last = _decode_cursor(request.cursor)
         run_sort = sort if direction == "after" else [(k, -d) for k, d in sort]
@@ -171,7 +177,7 @@ class SearchEngine:
                       **self._include_projection(request)}
         pipeline = [*_match(queries, keyset), {"$sort": dict(run_sort)}, {"$limit": request.count + 1},
                     {"$project": projection}]
-        docs = [doc async for doc in await self.resources.aggregate(pipeline)]
+        docs = [doc async for doc in await self.resources.aggregate(pipeline, session=session)]
         more = len(docs) > request.count
         docs = docs[: request.count]
         if direction == "before":
@@ -184,12 +190,42 @@ class SearchEngine:
                 previous_cursor = _encode_cursor("before", _sort_values(sort, docs[0]))
         total: int | None = None
         if request.total in ("accurate", "estimate"):
-            total = await self._count(queries)
+            total = await self._count(queries, session)
         elif request.total is None and last is None and not more:
             total = len(docs)  # known for free
-        included = await self._includes(request, docs, issues) if request.count else []
+        included = await self._includes(request, docs, issues, session) if request.count else []
         return SearchResult([version_from_document(d) for d in docs], included, total, next_cursor,
                             previous_cursor, issues)
+
+    async def everything(self, owner: str, *, types: list[str] | None, since: datetime | None, count: int,
+                         cursor: str | None) -> SearchResult:
+        """`$everything`: the compartment of `owner` ("Patient/1"), page by page in `_id` order, and on
+        each page the practitioners, organisations, locations and medications it references."""
+        direction, last = _decode_cursor(cursor)
+        if direction != "after":
+            raise InvalidSearch("$everything pages forward only")
+        rest: list[Filter] = [{"deleted": False}]
+        if types:
+            rest.append({"type": {"$in": types}})
+        if since is not None:
+            rest.append({"ts": {"$gte": since}})
+        if last is not None:
+            rest.append({"_id": {"$gt": last[0]}})
+        pipeline: list[Filter] = [{"$match": {"cp": owner}}, {"$match": {"$and": rest}}, {"$sort": {"_id": 1}},
+                                  {"$limit": count + 1}, {"$project": {**_BASE_FIELDS, "ix": True}}]
+        docs = [doc async for doc in await self.resources.aggregate(pipeline)]
+        more = len(docs) > count
+        docs = docs[:count]
+        next_cursor = _encode_cursor("after", [docs[-1]["_id"]]) if more and docs else None
+        seen = {d["_id"] for d in docs}
+        wanted = {ref for d in docs for values in (d.get("ix") or {}).values() for ref in values
+                  if isinstance(ref, str) and ref.split("/", 1)[0] in EVERYTHING_REFERENCED and ref.count("/") == 1}
+        if types:
+            wanted = {ref for ref in wanted if ref.split("/", 1)[0] in types}
+        referenced = await self._fetch({"_id": {"$in": sorted(wanted - seen)}}, seen) if wanted - seen else []
+        matches = [version_from_document(d) for d in docs + referenced]
+        total = len(matches) if last is None and not more else None
+        return SearchResult(matches, [], total, next_cursor, None, [])
 
     async def explain(self, request: SearchRequest) -> dict[str, Any]:
         """The database's plan for the search's main query (tests check that an index is used)."""
@@ -201,8 +237,8 @@ class SearchEngine:
             "explain", {"aggregate": self.resources.name, "pipeline": pipeline, "cursor": {}})
         return explained
 
-    async def _count(self, queries: list[TypeQuery]) -> int:
-        async for doc in await self.resources.aggregate([*_match(queries), {"$count": "n"}]):
+    async def _count(self, queries: list[TypeQuery], session: AsyncClientSession | None) -> int:
+        async for doc in await self.resources.aggregate([*_match(queries), {"$count": "n"}], session=session):
             return int(doc["n"])
         return 0
 
@@ -211,8 +247,8 @@ class SearchEngine:
             return {"ix": True}
         return {f"ix.{inc.param}": True for inc in request.includes}
 
-    async def _includes(self, request: SearchRequest, docs: list[dict[str, Any]],
-                        issues: list[Issue]) -> list[Version]:
+    async def _includes(self, request: SearchRequest, docs: list[dict[str, Any]], issues: list[Issue],
+                        session: AsyncClientSession | None) -> list[Version]:
         if not request.includes and not request.revincludes:
             return []
         seen = {d["_id"] for d in docs}
@@ -223,10 +259,10 @@ class SearchEngine:
             found: list[dict[str, Any]] = []
             for inc in request.includes:
                 if first_round or inc.iterate:
-                    found += await self._forward(inc, frontier, seen)
+                    found += await self._forward(inc, frontier, seen, session)
             for inc in request.revincludes:
                 if first_round or inc.iterate:
-                    found += await self._reverse(inc, frontier, seen)
+                    found += await self._reverse(inc, frontier, seen, session)
             included += found
             if len(included) > MAX_INCLUDED:
                 included = included[:MAX_INCLUDED]
@@ -237,17 +273,19 @@ class SearchEngine:
             first_round = False
         return [version_from_document(d) for d in included]
 
-    async def _fetch(self, first: Filter, seen: set[str]) -> list[dict[str, Any]]:
+    async def _fetch(self, first: Filter, seen: set[str],
+                     session: AsyncClientSession | None = None) -> list[dict[str, Any]]:
         pipeline: list[Filter] = [{"$match": first}, {"$match": {"deleted": False}}, {"$limit": MAX_INCLUDED + 1},
                     {"$project": {**_BASE_FIELDS, "ix": True}}]
         out = []
-        async for doc in await self.resources.aggregate(pipeline):
+        async for doc in await self.resources.aggregate(pipeline, session=session):
             if doc["_id"] not in seen:
                 seen.add(doc["_id"])
                 out.append(doc)
         return out
 
-    async def _forward(self, inc: Include, docs: list[dict[str, Any]], seen: set[str]) -> list[dict[str, Any]]:
+    async def _forward(self, inc: Include, docs: list[dict[str, Any]], seen: set[str],
+                       session: AsyncClientSession | None) -> list[dict[str, Any]]:
         keys: set[str] = set()
         for doc in docs:
             if inc.source not in ("*", doc["type"]):
@@ -261,13 +299,14 @@ class SearchEngine:
                             (inc.target is None or ref.startswith(f"{inc.target}/")):
                         keys.add(ref)
         keys -= seen
-        return await self._fetch({"_id": {"$in": sorted(keys)}}, seen) if keys else []
+        return await self._fetch({"_id": {"$in": sorted(keys)}}, seen, session) if keys else []
 
-    async def _reverse(self, inc: Include, docs: list[dict[str, Any]], seen: set[str]) -> list[dict[str, Any]]:
+    async def _reverse(self, inc: Include, docs: list[dict[str, Any]], seen: set[str],
+                       session: AsyncClientSession | None) -> list[dict[str, Any]]:
         targets = [d["_id"] for d in docs if inc.target is None or d["type"] == inc.target]
         if not targets:
             return []
-        return await self._fetch({"type": inc.source, f"ix.{inc.param}": {"$in": targets}}, seen)
+        return await self._fetch({"type": inc.source, f"ix.{inc.param}": {"$in": targets}}, seen, session)
 
 
 def _match(queries: list[TypeQuery], keyset: Filter | None = None) -> list[Filter]:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 
 from fhir_store.errors import InvalidSearch, Issue, SearchTooCostly
@@ -69,6 +70,7 @@ class QueryBuilder:
     resources: AsyncCollection[dict[str, Any]]
     local_base: str | None = None
     stage_cap: int = 10_000
+    session: AsyncClientSession | None = None
 
     async def build(self, types: list[str], criteria: list[tuple[str, str]], *, strict: bool,
                     issues: list[Issue]) -> list[TypeQuery]:
@@ -173,7 +175,7 @@ class QueryBuilder:
         """Rows of an inner (chained or `_has`) search, refusing more than `stage_cap`."""
         pipeline = [*match_stages(query), {"$limit": self.stage_cap + 1}, {"$project": projection}]
         count = 0
-        async for doc in await self.resources.aggregate(pipeline):
+        async for doc in await self.resources.aggregate(pipeline, session=self.session):
             count += 1
             if count > self.stage_cap:
                 raise SearchTooCostly(f"A chained or _has stage matches more than {self.stage_cap} resources; "

@@ -1,4 +1,7 @@
-"""Bundles the API returns (history now; search and transaction responses later)."""
+"""Bundles the server builds: search results, history, batch and transaction responses.
+
+FHIR semantics only; the caller passes the base URL used in `fullUrl` and links.
+"""
 
 from __future__ import annotations
 
@@ -75,3 +78,15 @@ def history_bundle(base: str, versions: Sequence[Version], links: dict[str, str]
         "link": [{"relation": rel, "url": url} for rel, url in links.items()],
         "entry": entries,
     }
+
+
+def bundle_response_entry(base: str, version: Version | None, resource: dict[str, Any] | None,
+                          response: dict[str, Any]) -> dict[str, Any]:
+    """One entry of a batch-response or transaction-response."""
+    entry: dict[str, Any] = {}
+    if version is not None and not version.deleted:
+        entry["fullUrl"] = f"{base}/{version.resource_type}/{version.id}"
+    if resource is not None:
+        entry["resource"] = resource
+    entry["response"] = response
+    return entry

@@ -1,0 +1,1 @@
+"""Bulk data: NDJSON export (`exporter`, with its job queue in `jobs`) and import of the same files."""
