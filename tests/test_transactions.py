@@ -87,7 +87,8 @@ def test_processing_order_delete_post_put_get(fhir: httpx.Client) -> None:
         post(patient(new_number)),
         # listed after the POST, run before it: nothing of the new patient exists yet to delete
         {"request": {"method": "DELETE", "url": f"Patient?identifier={CCCD}|{new_number}"}},
-        {"resource": {**existing, "gender": "female"}, "request": {"method": "PUT", "url": f"Patient/{existing['id']}"}},
+        {"resource": {**existing, "gender": "female"},
+         "request": {"method": "PUT", "url": f"Patient/{existing['id']}"}},
     )
     r = send(fhir, body)
     assert r.status_code == 200, r.text
