@@ -169,6 +169,21 @@ class FhirStore:
         data["id"] = check_id(resource_id) if resource_id else new_id()
         return await self._insert_first(data, session)
 
+    def prepare_create(self, resource: Any, *, resource_type: str | None, resource_id: str) -> dict[str, Any]:
+        """Validate a resource for `create_prepared`: the first half of a create, with no database work."""
+        data = validate_resource(resource, expected_type=resource_type)
+        data["id"] = check_id(resource_id)
+        return data
+
+    async def create_prepared(self, prepared: list[dict[str, Any]],
+                              session: AsyncClientSession | None = None) -> list[WriteResult]:
+        """Insert many new resources in one round trip (a transaction's plain POST entries)."""
+        if not prepared:
+            return []
+        docs = [current_document(d["resourceType"], d["id"], 1, d, "create") for d in prepared]
+        await self.resources.insert_many(docs, ordered=True, session=session)
+        return [WriteResult(version_from_document(doc), created=True) for doc in docs]
+
     async def update(self, resource: Any, *, resource_type: str, resource_id: str, if_match: int | None = None,
                      session: AsyncClientSession | None = None) -> WriteResult:
         """Update, or create with the client's id when it does not exist yet (update-as-create).

@@ -192,13 +192,28 @@ class BundleProcessor:
         async def run(session: AsyncClientSession) -> dict[int, Outcome]:
             keys = await self._assign_ids(entries, session)
             outcomes: dict[int, Outcome] = {}
+            plain_posts: list[tuple[Entry, dict[str, Any]]] = []  # written together, in one round trip
+
+            async def flush() -> None:
+                results = await self.store.create_prepared([data for _, data in plain_posts], session)
+                for (entry, _), result in zip(plain_posts, results, strict=True):
+                    outcomes[entry.index] = _written(result)
+                plain_posts.clear()
+
             for entry in ordered:
                 try:
+                    rewritten = None
                     if entry.resource is not None:
-                        rewritten = _rewrite(entry.resource, keys)
-                        rewritten = await self._resolve_conditional_references(rewritten, session)
-                    else:
-                        rewritten = None
+                        rewritten = await self._resolve_conditional_references(_rewrite(entry.resource, keys),
+                                                                               session)
+                    if entry.method == "POST" and entry.if_none_exist is None and entry.full_url in keys:
+                        wanted = keys[str(entry.full_url)]
+                        rtype, _, rid = wanted.partition("/")
+                        plain_posts.append((entry, self.store.prepare_create(rewritten, resource_type=rtype,
+                                                                             resource_id=rid)))
+                        continue
+                    if plain_posts:
+                        await flush()
                     outcome = await self._execute(Entry(entry.index, entry.method, entry.url, entry.full_url,
                                                         rewritten, entry.if_none_exist, entry.if_match),
                                                   base, session, keys)
@@ -207,6 +222,8 @@ class BundleProcessor:
                 if entry.full_url and outcome.version is not None:
                     keys[entry.full_url] = f"{outcome.version.resource_type}/{outcome.version.id}"
                 outcomes[entry.index] = outcome
+            if plain_posts:
+                await flush()
             return outcomes
 
         async with self.store.db.client.start_session() as session:
@@ -235,6 +252,8 @@ class BundleProcessor:
 
     async def _resolve_conditional_references(self, resource: dict[str, Any],
                                               session: AsyncClientSession | None) -> dict[str, Any]:
+        if not _has_conditional_reference(resource):
+            return resource
         found: dict[str, str] = {}
 
         async def resolve(ref: str) -> str:
@@ -353,6 +372,17 @@ def _rewrite(value: Any, keys: dict[str, str]) -> Any:
     if isinstance(value, list):
         return [_rewrite(v, keys) for v in value]
     return value
+
+
+def _has_conditional_reference(value: Any) -> bool:
+    if isinstance(value, dict):
+        ref = value.get("reference")
+        if isinstance(ref, str) and "?" in ref:
+            return True
+        return any(_has_conditional_reference(v) for v in value.values() if isinstance(v, dict | list))
+    if isinstance(value, list):
+        return any(_has_conditional_reference(v) for v in value)
+    return False
 
 
 def _patch_document(resource: dict[str, Any] | None) -> Any:

@@ -1,0 +1,315 @@
+"""Bulk export: every resource as it was at one instant, as NDJSON files, one per resource type.
+
+Why a point in time
+    An export of a live hospital database takes minutes, and clinicians keep
+    writing meanwhile. A plain scan would mix old and new states (an Encounter
+    exported before its update, the Observations written after it exported
+    after theirs), so the files would describe no moment that ever existed.
+    FHIR Bulk Data asks for a `transactionTime`: everything as of that instant,
+    nothing later.
+
+Why not a database snapshot
+    MongoDB can read at a snapshot, but a snapshot read is bounded by the
+    server's history window (`minSnapshotHistoryWindowInSeconds`, 5 minutes by
+    default), pins WiredTiger history in memory while it lasts, and is not
+    offered by every server we run on. The store keeps every version anyway, so
+    the snapshot is rebuilt from versions instead:
+
+    - T (`transaction_time`) is recorded at kick-off;
+    - each type's current documents in `resources` are walked once;
+    - a document with `ts <= T` is the version that was current at T: it is
+      emitted as is (a deletion, i.e. a tombstone, emits nothing);
+    - a document with `ts > T` was written after T: the version current at T is
+      the latest one in `history` with `ts <= T` (emitted unless it is a
+      deletion; none at all means the resource was created after T).
+
+    Versions are archived in `history` *before* the current document is
+    replaced (see `store.py`), so whenever the walk sees a document newer than
+    T, the version it superseded is already there. The walk follows the
+    `type_id` index: an update never changes `_id`, so every document is seen
+    exactly once however many writes happen during the export, and no cursor
+    or transaction has to stay open longer than one batch needs.
+
+Writes in flight at T
+    A write stamps its version (`ts`) before storing it, and a transaction
+    Bundle stamps each entry as it runs but makes them all visible only at its
+    commit. A version stamped before T but made visible after T would be missed
+    if the walk read its document in between; worse, a transaction committing
+    while the walk runs would appear half. So an export starts reading only
+    `settle` after T: 65 s by default, because MongoDB aborts a transaction
+    older than 60 s (`transactionLifetimeLimitSeconds`; a retry re-stamps its
+    versions), so by then every version stamped up to T has either landed or
+    never will. Single writes take milliseconds; a caller that knows nothing
+    else writes (a stopped server) may pass a shorter `settle`. T is still the
+    kick-off instant.
+
+Memory
+    Documents are read `batch_size` at a time, the superseded versions of a
+    batch's late documents are fetched in one query, and lines go straight to
+    the file: memory use does not grow with the database.
+
+Levels
+    - system: every resource of the requested types;
+    - patient: every resource in any Patient compartment (the Patients
+      themselves included, each being in its own compartment);
+    - group: the compartments of the Group's Patient members, as the Group was
+      at T (members marked `inactive` are no longer members).
+
+    Membership and `_since` are judged on the version exported (the version at
+    T), so an Observation moved from one patient to another after T is
+    exported with the patient it had at T.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any, Literal, cast
+
+import orjson
+from pymongo import DESCENDING
+
+from fhir_store.compartments import compartments, memberships
+from fhir_store.documents import Document, now
+from fhir_store.errors import InvalidRequest, ResourceNotFound
+from fhir_store.ids import check_id, current_key
+from fhir_store.resource_types import resource_types
+from fhir_store.search.extract import extract, normalise_reference
+from fhir_store.search.registry import registry
+from fhir_store.store import FhirStore
+
+Level = Literal["system", "patient", "group"]
+LEVELS: tuple[Level, ...] = ("system", "patient", "group")
+
+#: Wait this long after T before reading, so writes stamped before T have landed (see the module docstring):
+#: MongoDB's default transaction lifetime limit (60 s) and a margin.
+DEFAULT_SETTLE = timedelta(seconds=65)
+
+#: Called when a type with documents starts (count 0), after each batch, and at its end (done=True).
+Progress = Callable[[str, int, bool], Awaitable[None]]
+
+_FIELDS = {"type": True, "id": True, "vid": True, "ts": True, "deleted": True, "res": True}
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """What to export: level, types (empty: all the level covers), `_since`, and the Group of a group export."""
+
+    level: Level = "system"
+    types: tuple[str, ...] = ()
+    since: datetime | None = None
+    group_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.level not in LEVELS:
+            raise InvalidRequest(f"Unknown export level '{self.level}'")
+        if (self.level == "group") != (self.group_id is not None):
+            raise InvalidRequest("A group export, and only a group export, names a Group")
+        if self.group_id is not None:
+            check_id(self.group_id)
+        known = resource_types()
+        for rtype in self.types:
+            if rtype not in known:
+                raise InvalidRequest(f"_type names an unknown resource type '{rtype}'")
+        if self.since is not None:
+            object.__setattr__(self, "since", _utc(self.since))
+
+    def to_document(self) -> Document:
+        return {"level": self.level, "types": list(self.types), "since": self.since, "group_id": self.group_id}
+
+    @classmethod
+    def from_document(cls, doc: Document) -> ExportRequest:
+        return cls(level=doc["level"], types=tuple(doc.get("types") or ()), since=doc.get("since"),
+                   group_id=doc.get("group_id"))
+
+
+@dataclass(frozen=True)
+class ExportFile:
+    """One output file: a resource type, where its NDJSON is, and how many resources (lines) it holds."""
+
+    type: str
+    path: Path
+    count: int
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    transaction_time: datetime
+    files: list[ExportFile] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(f.count for f in self.files)
+
+
+class Exporter:
+    """Writes the resources as they were at a transaction time into `<out_dir>/<Type>.ndjson` files."""
+
+    def __init__(self, store: FhirStore, *, batch_size: int = 500) -> None:
+        self.resources = store.resources
+        self.history = store.history_versions
+        self.batch_size = batch_size
+
+    @staticmethod
+    def types_for(request: ExportRequest) -> list[str]:
+        """The types an export covers, in the order they are written."""
+        if request.level == "system":
+            covered = list(resource_types())
+        else:  # only these types can be in a Patient compartment
+            covered = [t for t, params in compartments()["Patient"].items() if params] + ["Patient"]
+        wanted = set(request.types) if request.types else None
+        return sorted({t for t in covered if wanted is None or t in wanted})
+
+    async def estimate(self, resource_type: str) -> int:
+        """Documents of a type, deletions and later versions included: an upper bound, for progress bars."""
+        return await self.resources.count_documents({"type": resource_type}, hint="type_id")
+
+    async def export(self, request: ExportRequest, out_dir: Path, *, transaction_time: datetime | None = None,
+                     settle: timedelta = DEFAULT_SETTLE, progress: Progress | None = None) -> ExportResult:
+        """Export everything `request` selects as it was at `transaction_time` (default: now).
+
+        Types with nothing to export get no file. The caller owns `out_dir` and
+        should hand over an empty one: existing files of exported types are
+        overwritten, others are left alone.
+        """
+        at = _utc(transaction_time) if transaction_time is not None else now()
+        at = at.replace(microsecond=at.microsecond // 1000 * 1000)  # what BSON dates keep
+        types = self.types_for(request)
+        members = await self._group_members(str(request.group_id), at) if request.level == "group" else None
+        wait = (at + settle - datetime.now(UTC)).total_seconds()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = []
+        for rtype in types:
+            written = await self._export_type(rtype, request, at, members, out_dir, progress)
+            if written is not None:
+                files.append(written)
+        return ExportResult(at, files)
+
+    # ---- one type ----------------------------------------------------------------------
+
+    async def _export_type(self, rtype: str, request: ExportRequest, at: datetime, members: frozenset[str] | None,
+                           out_dir: Path, progress: Progress | None) -> ExportFile | None:
+        # Current at T and selected: filtered by the server. Written after T: resolved here from history.
+        as_of_t: Document = {"deleted": False, "ts": {"$lte": at}}
+        if request.since is not None:
+            as_of_t["ts"]["$gte"] = request.since
+        if request.level == "patient":
+            as_of_t["cp"] = {"$regex": "^Patient/"}
+        elif members is not None:
+            as_of_t["cp"] = {"$in": sorted(members)}
+        query = {"type": rtype, "$or": [{"ts": {"$gt": at}}, as_of_t]}
+        # Most of the 141 types are empty: one cheap probe instead of a scan. (Documents are never removed,
+        # only tombstoned, so a type without documents now had none at T either.)
+        if await self.resources.find_one({"type": rtype}, {"_id": True}) is None:
+            return None
+        if progress:
+            await progress(rtype, 0, False)
+        # The hint keeps the walk on (type, _id): each document is met once, in id order, while writes go on.
+        cursor = self.resources.find(query, _FIELDS, hint="type_id", batch_size=self.batch_size)
+        path = out_dir / f"{rtype}.ndjson"
+        out: IO[bytes] | None = None
+        count = 0
+        try:
+            batch: list[Document] = []
+            async for doc in cursor:
+                batch.append(doc)
+                if len(batch) < self.batch_size:
+                    continue
+                lines = await self._lines(rtype, batch, request, at, members)
+                batch = []
+                out = await _write(out, path, lines)
+                count += len(lines)
+                if progress:
+                    await progress(rtype, count, False)
+            lines = await self._lines(rtype, batch, request, at, members) if batch else []
+            out = await _write(out, path, lines)
+            count += len(lines)
+        finally:
+            await cursor.close()
+            if out is not None:
+                await asyncio.to_thread(out.close)
+        if progress:
+            await progress(rtype, count, True)
+        return ExportFile(rtype, path, count) if count else None
+
+    async def _lines(self, rtype: str, batch: list[Document], request: ExportRequest, at: datetime,
+                     members: frozenset[str] | None) -> list[bytes]:
+        """NDJSON lines of a batch, with documents written after T replaced by their version at T."""
+        late = [doc["id"] for doc in batch if _utc(doc["ts"]) > at]
+        at_t = await self._versions_at(rtype, late, at) if late else {}
+        lines = []
+        for doc in batch:
+            if _utc(doc["ts"]) <= at:
+                resource = doc["res"]  # the server's filter already selected it
+            else:
+                old = at_t.get(doc["id"])
+                if old is None or old["deleted"] or not self._selected(rtype, old, request, members):
+                    continue
+                resource = old["res"]
+            lines.append(orjson.dumps(resource, option=orjson.OPT_APPEND_NEWLINE))
+        return lines
+
+    async def _versions_at(self, rtype: str, ids: Iterable[str], at: datetime) -> dict[str, Document]:
+        """For each id, its latest archived version with lastUpdated <= T (absent: created after T)."""
+        found: dict[str, Document] = {}
+        query = {"type": rtype, "id": {"$in": list(ids)}, "ts": {"$lte": at}}
+        async for doc in self.history.find(query, _FIELDS, hint="instance_history"):
+            best = found.get(doc["id"])
+            if best is None or doc["vid"] > best["vid"]:
+                found[doc["id"]] = doc
+        return found
+
+    def _selected(self, rtype: str, version: Document, request: ExportRequest,
+                  members: frozenset[str] | None) -> bool:
+        """Does an archived version pass `_since` and the level's compartment rule (judged on that version)?"""
+        if request.since is not None and _utc(version["ts"]) < request.since:
+            return False
+        if request.level == "system":
+            return True
+        ix, _ = extract(registry(), version["res"])
+        cp = memberships(rtype, version["id"], ix)
+        if members is None:
+            return any(c.startswith("Patient/") for c in cp)
+        return not members.isdisjoint(cp)
+
+    async def _group_members(self, group_id: str, at: datetime) -> frozenset[str]:
+        """The Group's Patient members ("Patient/id") as the Group was at T."""
+        doc = await self.resources.find_one({"_id": current_key("Group", group_id)}, _FIELDS)
+        if doc is not None and _utc(doc["ts"]) > at:
+            doc = await self.history.find_one({"type": "Group", "id": group_id, "ts": {"$lte": at}}, _FIELDS,
+                                              sort=[("vid", DESCENDING)], hint="instance_history")
+        if doc is None or doc["deleted"]:
+            raise ResourceNotFound(f"Group/{group_id} did not exist at the export's transaction time")
+        group = cast(dict[str, Any], doc["res"])
+        refs = []
+        for member in group.get("member") or []:
+            reference = (member.get("entity") or {}).get("reference")
+            if member.get("inactive") is True or not isinstance(reference, str):
+                continue
+            ref = normalise_reference(reference)
+            if ref.startswith("Patient/") and ref.count("/") == 1:
+                refs.append(ref)
+        return frozenset(refs)
+
+
+async def _write(out: IO[bytes] | None, path: Path, lines: list[bytes]) -> IO[bytes] | None:
+    """Append lines, opening the file on the first ones (a type with nothing to export gets no file).
+
+    File I/O runs in a thread: the export shares its event loop with the API.
+    """
+    if not lines:
+        return out
+    if out is None:
+        out = await asyncio.to_thread(path.open, "wb")
+    await asyncio.to_thread(out.write, b"".join(lines))
+    return out
+
+
+def _utc(moment: datetime) -> datetime:
+    """Aware UTC, whatever the client's tz setting: comparisons of naive and aware datetimes raise."""
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
