@@ -1,19 +1,30 @@
 """CRUD benchmark: the FHIR API over HTTP against its floor, the bare PyMongo driver.
 
 Why: the API's cost per resource (HTTP, FastAPI, validation, indexing, the async
-driver) only means something next to what the same database does for the same
+driver) only means something next to what the same database does with the same
 documents without it. So one run measures both, on the same machine, against the
 same embedded SecantusDB server, with the same Synthea resources:
 
 - API: client (this process) -> uvicorn + FastAPI (a child process) -> SecantusDB
   (another child process). Create = POST /fhir/{type}; read = GET /fhir/{type}/{id}.
-- Driver: client (this process, sync `pymongo.MongoClient`) -> SecantusDB, with
-  store-shaped documents (`_id` "Type/id", type, id, vid, ts, oid, op, deleted, res)
-  and the store's secondary indexes on `resources`.
+- Driver: client (this process, sync `pymongo.MongoClient`) -> SecantusDB,
+  `insert_one` / `find_one` by `_id` of the documents the store itself would write
+  for those creates (`fhir_store.documents.current_document`: _id "Type/id", type,
+  id, vid, ts, oid, op, deleted, res, and the search fields ix, sk, cp; built
+  before the clock starts), into a collection with the store's indexes
+  (`fhir_store.indexes.RESOURCES`). `--bare-docs` leaves out ix, sk and cp.
 
 Creates are timed with 1 client and with `--concurrency` clients (threads, one
-keep-alive connection each); reads are timed one at a time, in random order.
-Figures are medians over `--repeat` runs.
+keep-alive connection each); reads one at a time, in random order. Besides wall
+time, each phase records the CPU time the client, API and database processes
+spent per operation: on a shared machine that is the steadier figure.
+
+Retryable writes are off by default (`retryWrites=false` for the API and the
+driver alike): SecantusDB 0.7.0b3 keeps a record per retryable write and scans
+(past 10,000: sorts) all of them on every write, so with them on the cost of a
+write grows with the number of writes of the last 30 minutes, whichever database
+they went to, and later phases would pay for earlier ones. `--retry-writes`
+measures the default driver setting anyway.
 
     .venv/bin/python bench/crud.py [--n N] [--concurrency C] [--reads R] [--repeat K] [--json]
 """
@@ -38,21 +49,21 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import orjson
-from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, IndexModel, MongoClient
+from pymongo import MongoClient
 from pymongo.collection import Collection
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from emr.embedded_db import ensure_embedded  # noqa: E402
+from fhir_store import indexes  # noqa: E402
+from fhir_store.documents import current_document  # noqa: E402
 
 DATA = Path("/work/shared/data/synthea/smart-on-fhir")
 HOST = "127.0.0.1"
@@ -60,9 +71,12 @@ API_DB = "bench_api"
 DRIVER_DB = "bench_driver"
 FHIR_JSON = "application/fhir+json"
 START_TIMEOUT_S = 60.0
+REQUEST_TIMEOUT_S = 60.0
 ERROR_SAMPLES = 3
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 Doc = dict[str, Any]
+Body = tuple[str, bytes]  # resource type, encoded resource
 
 
 # ---- input ------------------------------------------------------------------------------------
@@ -78,41 +92,10 @@ def load_resources(directory: Path, n: int | None) -> list[Doc]:
             found.append(resource)
     if not found:
         raise SystemExit(f"No resources found in {directory}")
-    if n is None:
-        return found
-    return list(itertools.islice(itertools.cycle(found), n))
+    return found if n is None else list(itertools.islice(itertools.cycle(found), n))
 
 
-# ---- measurements -----------------------------------------------------------------------------
-
-@dataclass
-class Throughput:
-    """A batch of writes: how many, how many failed, and how long the whole batch took."""
-
-    count: int
-    errors: int
-    seconds: float
-
-    @property
-    def per_second(self) -> float:
-        return (self.count - self.errors) / self.seconds if self.seconds else 0.0
-
-
-@dataclass
-class Latency:
-    """Per-operation latencies of a sequential run, in milliseconds."""
-
-    samples_ms: list[float]
-    errors: int
-
-    @property
-    def p50(self) -> float:
-        return statistics.median(self.samples_ms)
-
-    @property
-    def p95(self) -> float:
-        return statistics.quantiles(self.samples_ms, n=100, method="inclusive")[94]
-
+# ---- measuring --------------------------------------------------------------------------------
 
 @dataclass
 class Errors:
@@ -128,14 +111,59 @@ class Errors:
             if len(self.samples) < ERROR_SAMPLES:
                 self.samples.append(what[:400])
 
-    def extend(self, other: Errors) -> None:
-        with self.lock:
-            self.count += other.count
-            self.samples.extend(other.samples[:ERROR_SAMPLES - len(self.samples)])
+
+@dataclass
+class Phase:
+    """One timed batch: operations, failures, wall time, per-op latencies and per-op CPU by process."""
+
+    ops: int
+    errors: int
+    seconds: float
+    cpu_ms: dict[str, float]  # process ("client", "api", "db") -> CPU ms per operation
+    latencies_ms: list[float] = field(default_factory=list)
+
+    @property
+    def per_second(self) -> float:
+        return (self.ops - self.errors) / self.seconds if self.seconds else 0.0
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.latencies_ms) if self.latencies_ms else float("nan")
+
+    @property
+    def p95(self) -> float:
+        if len(self.latencies_ms) < 2:
+            return float("nan")
+        return statistics.quantiles(self.latencies_ms, n=100, method="inclusive")[94]
+
+    def figures(self) -> dict[str, float]:
+        out = {"per_second": self.per_second, "errors": float(self.errors)}
+        if self.latencies_ms:
+            out |= {"p50_ms": self.p50, "p95_ms": self.p95}
+        return out | {f"cpu_{proc}_ms": ms for proc, ms in self.cpu_ms.items()}
 
 
-def run_parallel(work: Sequence[Any], clients: int, make_worker: Callable[[], Callable[[Any], None]],
-                 ) -> float:
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of another process (Linux /proc), threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+@dataclass
+class CpuMeter:
+    """CPU clocks of the three processes, so a phase can say who spent what."""
+
+    pids: dict[str, int]  # name -> pid of the child processes
+
+    def read(self) -> dict[str, float]:
+        return {"client": time.process_time(), **{name: process_cpu_seconds(pid) for name, pid in self.pids.items()}}
+
+    def per_op_ms(self, before: dict[str, float], ops: int) -> dict[str, float]:
+        after = self.read()
+        return {name: (after[name] - before[name]) * 1000 / max(ops, 1) for name in before}
+
+
+def run_parallel(work: Sequence[Any], clients: int, make_worker: Callable[[], Callable[[Any], None]]) -> float:
     """Run `work` with `clients` threads pulling from one shared iterator; wall-clock seconds.
 
     Each thread builds its own worker (its own connection) before the clock starts.
@@ -155,7 +183,7 @@ def run_parallel(work: Sequence[Any], clients: int, make_worker: Callable[[], Ca
                 if item is None:
                     return
                 worker(item)
-        except BaseException as exc:  # surfaced after join: a crashed client must not go unnoticed
+        except BaseException as exc:  # re-raised after join: a crashed client must not go unnoticed
             failures.append(exc)
 
     threads = [threading.Thread(target=loop, daemon=True) for _ in range(clients)]
@@ -177,7 +205,7 @@ class HttpClient:
     """One keep-alive HTTP/1.1 connection (http.client: far cheaper per request than httpx)."""
 
     def __init__(self, port: int) -> None:
-        self.conn = http.client.HTTPConnection(HOST, port, timeout=60)
+        self.conn = http.client.HTTPConnection(HOST, port, timeout=REQUEST_TIMEOUT_S)
 
     def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, str | None, bytes]:
         headers = {"Accept": FHIR_JSON}
@@ -194,33 +222,31 @@ class HttpClient:
 
 @dataclass
 class ApiTarget:
-    """The API under test; collects the keys ("Type/id") of what it created, for the reads."""
+    """The API under test; keeps the keys ("Type/id") of what it created, for the reads."""
 
     port: int
     created: list[str] = field(default_factory=list)
     errors: Errors = field(default_factory=Errors)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def creator(self) -> Callable[[tuple[str, bytes]], None]:
+    def creator(self) -> Callable[[Body], None]:
         client = HttpClient(self.port)
 
-        def create(item: tuple[str, bytes]) -> None:
+        def create(item: Body) -> None:
             rtype, body = item
             status, location, data = client.request("POST", f"/fhir/{rtype}", body)
             if status != 201 or not location:
                 self.errors.add(f"POST /fhir/{rtype} -> {status}: {data.decode(errors='replace')}")
                 return
-            # Location: {base}/fhir/{type}/{id}/_history/{vid}
-            parts = location.rsplit("/", 4)
+            _, rtype_, rid, _, _ = location.rsplit("/", 4)  # {base}/{type}/{id}/_history/{vid}
             with self._lock:
-                self.created.append(f"{parts[1]}/{parts[2]}")
+                self.created.append(f"{rtype_}/{rid}")
 
         return create
 
-    def read_latency(self, keys: Sequence[str]) -> Latency:
+    def read_all(self, keys: Sequence[str]) -> list[float]:
         client = HttpClient(self.port)
         samples: list[float] = []
-        errors = Errors()
         try:
             for key in keys:
                 start = time.perf_counter_ns()
@@ -229,11 +255,10 @@ class ApiTarget:
                 if status == 200:
                     samples.append(elapsed / 1e6)
                 else:
-                    errors.add(f"GET /fhir/{key} -> {status}: {data.decode(errors='replace')}")
+                    self.errors.add(f"GET /fhir/{key} -> {status}: {data.decode(errors='replace')}")
         finally:
             client.close()
-        self.errors.extend(errors)
-        return Latency(samples, errors.count)
+        return samples
 
 
 def free_port() -> int:
@@ -261,8 +286,7 @@ def wait_for_api(process: subprocess.Popen[bytes], port: int) -> None:
             raise SystemExit(f"The API process exited with code {process.returncode} before answering")
         client = HttpClient(port)
         try:
-            status, _, _ = client.request("GET", "/fhir/metadata")
-            if status == 200:
+            if client.request("GET", "/fhir/metadata")[0] == 200:
                 return
         except OSError:
             pass
@@ -284,18 +308,16 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 # ---- the bare driver --------------------------------------------------------------------------
 
-def store_document(resource: Doc) -> Doc:
-    """A document shaped like `fhir_store.store._document` for a first version (without `ix`)."""
-    now = datetime.now(UTC)
-    ts = now.replace(microsecond=now.microsecond // 1000 * 1000)
-    rtype = resource["resourceType"]
-    rid = str(uuid.uuid4())
-    meta = {**(resource.get("meta") or {}), "versionId": "1",
-            "lastUpdated": ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"}
-    res = {"resourceType": rtype, "id": rid, "meta": meta}
-    res.update((k, v) for k, v in resource.items() if k not in res)
-    return {"_id": f"{rtype}/{rid}", "type": rtype, "id": rid, "vid": 1, "ts": ts, "oid": ObjectId(),
-            "op": "create", "deleted": False, "res": res}
+def driver_documents(resources: Sequence[Doc], bare: bool) -> list[Doc]:
+    """What the store writes for these creates (`current_document`: index values and all), fresh ids.
+
+    Built before the clock starts, so the floor is the driver and the database only.
+    `bare` keeps just the version fields (_id, type, id, vid, ts, oid, op, deleted, res).
+    """
+    docs = [current_document(r["resourceType"], str(uuid.uuid4()), 1, r, "create") for r in resources]
+    if bare:
+        docs = [{k: v for k, v in doc.items() if k not in ("ix", "sk", "cp")} for doc in docs]
+    return docs
 
 
 @dataclass
@@ -304,112 +326,93 @@ class DriverTarget:
 
     collection: Collection[Doc]
     created: list[str] = field(default_factory=list)
+    errors: Errors = field(default_factory=Errors)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def prepare(self) -> None:
-        """Same secondary indexes as `FhirStore.ensure_indexes` puts on `resources`: inserts maintain them too."""
-        self.collection.create_indexes([
-            IndexModel([("type", ASCENDING), ("ts", DESCENDING), ("oid", DESCENDING)], name="type_history"),
-            IndexModel([("ts", DESCENDING), ("oid", DESCENDING)], name="system_history"),
-            IndexModel([("type", ASCENDING), ("ix.identifier", ASCENDING)], name="identifier"),
-        ])
+        """The indexes the store puts on `resources` (`fhir_store.indexes`): every insert maintains them too."""
+        self.collection.create_indexes(indexes.RESOURCES)
 
     def inserter(self) -> Callable[[Doc], None]:
-        def insert(resource: Doc) -> None:
-            doc = store_document(resource)
+        def insert(doc: Doc) -> None:
             self.collection.insert_one(doc)
             with self._lock:
                 self.created.append(doc["_id"])
 
         return insert
 
-    def find_latency(self, keys: Sequence[str]) -> Latency:
+    def read_all(self, keys: Sequence[str]) -> list[float]:
         samples: list[float] = []
-        errors = 0
         for key in keys:
             start = time.perf_counter_ns()
             doc = self.collection.find_one({"_id": key})
             elapsed = time.perf_counter_ns() - start
             if doc is None:
-                errors += 1
+                self.errors.add(f"find_one({key!r}) found nothing")
             else:
                 samples.append(elapsed / 1e6)
-        return Latency(samples, errors)
+        return samples
 
 
 # ---- one run ----------------------------------------------------------------------------------
 
-@dataclass
-class RunResult:
-    api_create_seq: float
-    api_create_conc: float
-    api_read_p50: float
-    api_read_p95: float
-    driver_insert_seq: float
-    driver_insert_conc: float
-    driver_find_p50: float
-    driver_find_p95: float
-    api_errors: int
-    driver_errors: int
+PHASES = ("api_create_seq", "api_create_conc", "api_read", "driver_insert_seq", "driver_insert_conc", "driver_find")
 
 
 def sample_keys(keys: list[str], count: int, rng: random.Random) -> list[str]:
     return rng.sample(keys, count) if count <= len(keys) else rng.choices(keys, k=count)
 
 
-def warm_up(port: int, collection: Collection[Doc], resources: list[Doc], bodies: list[tuple[str, bytes]],
-            ) -> Errors:
+def warm_up(port: int, collection: Collection[Doc], resources: list[Doc], bodies: list[Body], bare: bool) -> Errors:
     """One create and read per resource type, so first-use costs (model build, pools) stay out of the figures."""
-    seen: dict[str, int] = {}
+    first: dict[str, int] = {}
     for i, resource in enumerate(resources):
-        seen.setdefault(resource["resourceType"], i)
-    picks = list(seen.values())
-    api = ApiTarget(port)
-    create = api.creator()
-    for i in picks:
+        first.setdefault(resource["resourceType"], i)
+    api, driver = ApiTarget(port), DriverTarget(collection)
+    create, insert = api.creator(), driver.inserter()
+    for i, doc in zip(first.values(), driver_documents([resources[i] for i in first.values()], bare), strict=True):
         create(bodies[i])
-    api.read_latency(api.created)
-    driver = DriverTarget(collection)
-    insert = driver.inserter()
-    for i in picks:
-        insert(resources[i])
-    driver.find_latency(driver.created)
+        insert(doc)
+    api.read_all(api.created)
+    driver.read_all(driver.created)
     return api.errors
 
 
-def run_once(port: int, collection: Collection[Doc], resources: list[Doc], bodies: list[tuple[str, bytes]],
-             concurrency: int, reads: int, rng: random.Random, log: Callable[[str], None]) -> RunResult:
-    api = ApiTarget(port)
-    driver = DriverTarget(collection)
-    n = len(resources)
+def run_once(port: int, collection: Collection[Doc], meter: CpuMeter, resources: list[Doc], bodies: list[Body],
+             concurrency: int, reads: int, bare: bool, rng: random.Random,
+             log: Callable[[str], None]) -> dict[str, Phase]:
+    """The six phases, API then driver; creates first, then reads of what this run created."""
+    api, driver = ApiTarget(port), DriverTarget(collection)
+    phases: dict[str, Phase] = {}
 
-    log(f"  API create, 1 client, {n} resources")
-    seq_s = run_parallel(bodies, 1, api.creator)
-    seq_errors = api.errors.count
-    log(f"  API create, {concurrency} clients, {n} resources")
-    conc_s = run_parallel(bodies, concurrency, api.creator)
-    conc_errors = api.errors.count - seq_errors
-    log(f"  API read, {reads} random GETs")
-    api_reads = api.read_latency(sample_keys(api.created, reads, rng)) if api.created else Latency([0.0], reads)
+    def writes(name: str, what: str, work: Sequence[Any], clients: int, make: Callable[[], Callable[[Any], None]],
+               errors: Errors) -> None:
+        log(f"  {what}, {clients} client(s), {len(work)} resources")
+        before_errors, cpu = errors.count, meter.read()
+        seconds = run_parallel(work, clients, make)
+        phases[name] = Phase(len(work), errors.count - before_errors, seconds, meter.per_op_ms(cpu, len(work)))
 
-    log(f"  driver insert_one, 1 thread, {n} documents")
-    dseq_s = run_parallel(resources, 1, driver.inserter)
-    log(f"  driver insert_one, {concurrency} threads, {n} documents")
-    dconc_s = run_parallel(resources, concurrency, driver.inserter)
-    log(f"  driver find_one, {reads} random _ids")
-    driver_reads = driver.find_latency(sample_keys(driver.created, reads, rng))
+    def reads_of(name: str, what: str, keys: list[str], read_all: Callable[[Sequence[str]], list[float]],
+                 errors: Errors) -> None:
+        log(f"  {what}, {reads} in random order")
+        chosen = sample_keys(keys, reads, rng) if keys else []
+        before_errors, cpu, start = errors.count, meter.read(), time.perf_counter()
+        samples = read_all(chosen)
+        seconds = time.perf_counter() - start
+        phases[name] = Phase(len(chosen), errors.count - before_errors, seconds,
+                             meter.per_op_ms(cpu, len(chosen)), samples)
 
-    for sample in api.errors.samples:
+    writes("api_create_seq", "API POST", bodies, 1, api.creator, api.errors)
+    writes("api_create_conc", "API POST", bodies, concurrency, api.creator, api.errors)
+    reads_of("api_read", "API GET by id", api.created, api.read_all, api.errors)
+    writes("driver_insert_seq", "driver insert_one", driver_documents(resources, bare), 1, driver.inserter,
+           driver.errors)
+    writes("driver_insert_conc", "driver insert_one", driver_documents(resources, bare), concurrency,
+           driver.inserter, driver.errors)
+    reads_of("driver_find", "driver find_one by _id", driver.created, driver.read_all, driver.errors)
+    for sample in api.errors.samples + driver.errors.samples:
         log(f"  ! {sample}")
-    return RunResult(
-        api_create_seq=Throughput(n, seq_errors, seq_s).per_second,
-        api_create_conc=Throughput(n, conc_errors, conc_s).per_second,
-        api_read_p50=api_reads.p50, api_read_p95=api_reads.p95,
-        driver_insert_seq=Throughput(n, 0, dseq_s).per_second,
-        driver_insert_conc=Throughput(n, 0, dconc_s).per_second,
-        driver_find_p50=driver_reads.p50, driver_find_p95=driver_reads.p95,
-        api_errors=api.errors.count, driver_errors=driver_reads.errors,
-    )
+    return phases
 
 
 # ---- report -----------------------------------------------------------------------------------
@@ -432,51 +435,91 @@ def environment() -> dict[str, Any]:
     }
 
 
-def summarise(runs: list[RunResult]) -> dict[str, float]:
-    median = {k: statistics.median(float(getattr(r, k)) for r in runs) for k in asdict(runs[0])}
-    median["ratio_create_seq"] = median["api_create_seq"] / median["driver_insert_seq"]
-    median["ratio_create_conc"] = median["api_create_conc"] / median["driver_insert_conc"]
-    median["ratio_read_p50"] = median["api_read_p50"] / median["driver_find_p50"]
-    median["ratio_read_p95"] = median["api_read_p95"] / median["driver_find_p95"]
-    return median
+def load_average() -> float:
+    return os.getloadavg()[0]
 
 
-def print_table(command: str, env: dict[str, Any], args: argparse.Namespace, n: int, m: dict[str, float],
-                elapsed: float) -> None:
-    c = args.concurrency
+def summarise(runs: list[dict[str, Phase]]) -> dict[str, dict[str, float]]:
+    """Per phase, the median over runs of each figure; then the API/driver ratios."""
+    medians: dict[str, dict[str, float]] = {}
+    for name in PHASES:
+        per_run = [run[name].figures() for run in runs]
+        medians[name] = {key: statistics.median(f[key] for f in per_run) for key in per_run[0]}
+
+    def cpu_total(phase: str) -> float:
+        return sum(v for k, v in medians[phase].items() if k.startswith("cpu_"))
+
+    medians["ratio"] = {
+        "create_seq": medians["api_create_seq"]["per_second"] / medians["driver_insert_seq"]["per_second"],
+        "create_conc": medians["api_create_conc"]["per_second"] / medians["driver_insert_conc"]["per_second"],
+        "read_p50": medians["api_read"]["p50_ms"] / medians["driver_find"]["p50_ms"],
+        "read_p95": medians["api_read"]["p95_ms"] / medians["driver_find"]["p95_ms"],
+        "cpu_create_seq": cpu_total("api_create_seq") / cpu_total("driver_insert_seq"),
+        "cpu_create_conc": cpu_total("api_create_conc") / cpu_total("driver_insert_conc"),
+        "cpu_read": cpu_total("api_read") / cpu_total("driver_find"),
+    }
+    return medians
+
+
+def print_table(command: str, env: dict[str, Any], setup: dict[str, Any], m: dict[str, dict[str, float]]) -> None:
+    c, r = setup["concurrency"], m["ratio"]
     print(f"\ncommand: {command}")
     print(f"machine: {env['platform']}, {env['cpus']} CPUs, Python {env['python']}; commit {env['commit']}")
     print(f"versions: pymongo {env['pymongo']}, SecantusDB {env['SecantusDB']}, uvicorn {env['uvicorn']}, "
           f"fastapi {env['fastapi']}, fhir.resources {env['fhir.resources']}")
-    print(f"work: {n} Synthea resources per create batch, {args.reads} reads, "
-          f"median of {args.repeat} run(s), {elapsed:.0f}s in all\n")
+    print(f"work: {setup['resources']} Synthea resources per create batch, {setup['reads']} reads; "
+          f"driver documents: {setup['driver_docs']}; "
+          f"retryable writes {'on' if setup['retry_writes'] else 'off'}; median of {setup['runs']} run(s); "
+          f"{setup['seconds']:.0f}s in all; 1-min load average {setup['load_before']:.1f} before, "
+          f"{setup['load_after']:.1f} after\n")
     rows = [
-        ("create, 1 client (resources/s)", m["api_create_seq"], m["driver_insert_seq"], m["ratio_create_seq"]),
-        (f"create, {c} clients (resources/s)", m["api_create_conc"], m["driver_insert_conc"], m["ratio_create_conc"]),
-        ("read by id p50 (ms)", m["api_read_p50"], m["driver_find_p50"], m["ratio_read_p50"]),
-        ("read by id p95 (ms)", m["api_read_p95"], m["driver_find_p95"], m["ratio_read_p95"]),
+        ("create, 1 client (resources/s)", m["api_create_seq"]["per_second"], m["driver_insert_seq"]["per_second"],
+         r["create_seq"], ".0f"),
+        (f"create, {c} clients (resources/s)", m["api_create_conc"]["per_second"],
+         m["driver_insert_conc"]["per_second"], r["create_conc"], ".0f"),
+        ("read by id p50 (ms)", m["api_read"]["p50_ms"], m["driver_find"]["p50_ms"], r["read_p50"], ".2f"),
+        ("read by id p95 (ms)", m["api_read"]["p95_ms"], m["driver_find"]["p95_ms"], r["read_p95"], ".2f"),
     ]
-    print(f"{'':36}{'API (HTTP)':>12}{'driver':>12}{'API/driver':>12}")
-    for label, api, drv, ratio in rows:
-        fmt = ".0f" if "/s" in label else ".2f"
+    print(f"{'wall clock':36}{'API (HTTP)':>12}{'driver':>12}{'API/driver':>12}")
+    for label, api, drv, ratio, fmt in rows:
         print(f"{label:36}{api:>12{fmt}}{drv:>12{fmt}}{ratio:>12.2f}")
-    print(f"\nerrors: API {m['api_errors']:.0f}, driver {m['driver_errors']:.0f} (median per run)")
+
+    print(f"\n{'CPU ms per operation':36}{'client':>8}{'API':>8}{'DB':>8}{'total':>8}"
+          f"{'client':>9}{'DB':>8}{'total':>8}{'API/drv':>9}")
+    print(f"{'':36}{'--------------- API ---------------':>32}{'------ driver ------':>25}")
+    cpu_rows = [("create, 1 client", "api_create_seq", "driver_insert_seq", r["cpu_create_seq"]),
+                (f"create, {c} clients", "api_create_conc", "driver_insert_conc", r["cpu_create_conc"]),
+                ("read by id", "api_read", "driver_find", r["cpu_read"])]
+    for label, api_phase, drv_phase, ratio in cpu_rows:
+        ap, dp = m[api_phase], m[drv_phase]
+        a_total = ap["cpu_client_ms"] + ap["cpu_api_ms"] + ap["cpu_db_ms"]
+        d_total = dp["cpu_client_ms"] + dp["cpu_db_ms"]
+        print(f"{label:36}{ap['cpu_client_ms']:>8.2f}{ap['cpu_api_ms']:>8.2f}{ap['cpu_db_ms']:>8.2f}{a_total:>8.2f}"
+              f"{dp['cpu_client_ms']:>9.2f}{dp['cpu_db_ms']:>8.2f}{d_total:>8.2f}{ratio:>9.2f}")
+    errors = {name: m[name]["errors"] for name in PHASES if m[name]["errors"]}
+    print(f"\nerrors (median per run): {errors or 'none'}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(description="The FHIR API's CRUD speed over HTTP, next to the bare driver's.")
     parser.add_argument("--n", type=int, default=None, help="resources per create batch (cycled); default: all")
     parser.add_argument("--concurrency", type=int, default=8, help="clients for the concurrent create runs")
     parser.add_argument("--reads", type=int, default=2000, help="sequential reads by id per run")
     parser.add_argument("--repeat", type=int, default=3, help="runs; the figures are their medians")
+    parser.add_argument("--budget", type=float, default=150.0,
+                        help="seconds after which no further run starts (the first always does)")
+    parser.add_argument("--retry-writes", action="store_true",
+                        help="leave the drivers' retryable writes on (see the module docstring)")
+    parser.add_argument("--bare-docs", action="store_true",
+                        help="driver documents without the search fields (ix, sk, cp) the store adds")
     parser.add_argument("--seed", type=int, default=1, help="seed of the read order")
     parser.add_argument("--data", type=Path, default=DATA, help="directory of Synthea Bundle JSON files")
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     args = parser.parse_args(argv)
     if args.concurrency < 1 or args.reads < 2 or args.repeat < 1 or (args.n is not None and args.n < 1):
-        parser.error("--concurrency, --repeat, --n must be >= 1 and --reads >= 2")
+        parser.error("--concurrency, --repeat and --n must be >= 1, --reads >= 2")
 
-    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["crud.py", *argv])
+    command = shlex.join([sys.executable, *(sys.argv if argv is None else [sys.argv[0], *argv])])
 
     def log(message: str) -> None:
         print(message, file=sys.stderr if args.json else sys.stdout, flush=True)
@@ -484,28 +527,36 @@ def main(argv: list[str] | None = None) -> int:
     resources = load_resources(args.data, args.n)
     bodies = [(r["resourceType"], orjson.dumps(r)) for r in resources]  # encoded before the clock starts
     rng = random.Random(args.seed)
+    load_before = load_average()
     began = time.perf_counter()
-    runs: list[RunResult] = []
+    runs: list[dict[str, Phase]] = []
 
     with tempfile.TemporaryDirectory(prefix="emr-bench-") as tmp:
         log(f"starting the embedded database in {tmp}")
         server = ensure_embedded(Path(tmp))
+        assert server.process is not None  # a fresh directory: the server is ours
+        uri = f"{server.uri}?retryWrites={'true' if args.retry_writes else 'false'}"
         api_process: subprocess.Popen[bytes] | None = None
         client: MongoClient[Doc] | None = None
         try:
             port = free_port()
             log(f"starting the API on http://{HOST}:{port}/fhir")
-            api_process = start_api(server.uri, port)
+            api_process = start_api(uri, port)
             wait_for_api(api_process, port)
-            client = MongoClient(server.uri, tz_aware=True, maxPoolSize=max(100, args.concurrency))
+            meter = CpuMeter({"api": api_process.pid, "db": server.process.pid})
+            client = MongoClient(uri, tz_aware=True, maxPoolSize=max(100, args.concurrency))
             collection = client[DRIVER_DB]["resources"]
             DriverTarget(collection).prepare()
             log("warming up")
-            for sample in warm_up(port, collection, resources, bodies).samples:
+            for sample in warm_up(port, collection, resources, bodies, args.bare_docs).samples:
                 log(f"  ! {sample}")
             for i in range(args.repeat):
+                if runs and time.perf_counter() - began > args.budget:
+                    log(f"time budget of {args.budget:.0f}s spent: stopping after {len(runs)} run(s)")
+                    break
                 log(f"run {i + 1}/{args.repeat}")
-                runs.append(run_once(port, collection, resources, bodies, args.concurrency, args.reads, rng, log))
+                runs.append(run_once(port, collection, meter, resources, bodies, args.concurrency, args.reads,
+                                     args.bare_docs, rng, log))
         finally:
             if client is not None:
                 client.close()
@@ -513,16 +564,18 @@ def main(argv: list[str] | None = None) -> int:
                 stop_process(api_process)
             server.close()
 
-    elapsed = time.perf_counter() - began
     env = environment()
     medians = summarise(runs)
+    setup = {"resources": len(resources), "concurrency": args.concurrency, "reads": args.reads,
+             "retry_writes": args.retry_writes, "driver_docs": "bare" if args.bare_docs else "store",
+             "runs": len(runs), "seconds": round(time.perf_counter() - began, 1),
+             "load_before": load_before, "load_after": load_average()}
     if args.json:
-        print(json.dumps({"command": command, "environment": env, "resources": len(resources),
-                          "concurrency": args.concurrency, "reads": args.reads, "repeat": args.repeat,
-                          "seconds": round(elapsed, 1), "median": medians,
-                          "runs": [asdict(r) for r in runs]}, indent=2))
+        per_run = [{name: phase.figures() for name, phase in run.items()} for run in runs]
+        print(json.dumps({"command": command, "environment": env, "setup": setup, "median": medians,
+                          "runs": per_run}, indent=2))
     else:
-        print_table(command, env, args, len(resources), medians, elapsed)
+        print_table(command, env, setup, medians)
     return 0
 
 

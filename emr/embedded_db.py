@@ -9,6 +9,13 @@ exits when its parent does (its stdin closes), so no server is left orphaned.
 
 Only this module knows SecantusDB; the rest of the code speaks the standard
 MongoDB API and runs unchanged against a real MongoDB replica set.
+
+The address it publishes turns retryable writes off (`retryWrites=false`):
+SecantusDB 0.7 keeps a record of every retryable write for 30 minutes and scans
+them all on each write, so past ~10,000 writes each insert cost grows from under
+1 ms to ~16 ms (measured with bench/crud.py and py-spy). Every client that
+connects through this address gets the setting; production MongoDB keeps the
+driver's default.
 """
 
 from __future__ import annotations
@@ -123,7 +130,7 @@ def _serve(storage_path: str) -> None:
         stop.set()
 
     threading.Thread(target=wait_for_parent, daemon=True).start()
-    print(server.uri, flush=True)
+    print(f"{server.uri}?retryWrites=false", flush=True)
     stop.wait()
     server.stop()
 
