@@ -24,7 +24,9 @@ def test_metadata_is_a_valid_capability_statement(fhir: httpx.Client) -> None:
     assert patient["versioning"] == "versioned-update"
     assert patient["conditionalCreate"] is True
     assert patient["conditionalDelete"] == "single"
-    assert {i["code"] for i in rest["interaction"]} == {"history-system", "search-system"}
+    assert {i["code"] for i in rest["interaction"]} == {"history-system", "search-system", "transaction", "batch"}
+    assert {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"} \
+        in patient["operation"]
     params = {p["name"]: p for p in patient["searchParam"]}
     assert {"name", "family", "identifier", "birthdate", "phone", "_id", "_lastUpdated", "_tag"} <= set(params)
     assert params["birthdate"]["type"] == "date"
