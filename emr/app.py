@@ -11,6 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from emr import __version__
+from emr.api.bulk_export import export_worker
+from emr.api.bulk_export import router as bulk_export_router
 from emr.api.formats import is_pretty
 from emr.api.pipeline import Interceptor, Pipeline
 from emr.api.responses import ApiError, outcome_response
@@ -34,12 +36,14 @@ def create_app(settings: Settings | None = None, interceptors: list[Interceptor]
             store = FhirStore(db)
             await store.ensure_indexes()
             app.state.store = store
-            yield
+            async with export_worker(app, store):
+                yield
 
     app = FastAPI(title="An Giang EMR", version=__version__, lifespan=lifespan,
                   description="FHIR R4 server of the An Giang hospitals' EMR.")
     app.state.settings = settings
     app.state.pipeline = Pipeline(interceptors)
+    app.include_router(bulk_export_router)  # first: /fhir/$export would otherwise match /fhir/{resource_type}
     app.include_router(router)
     _install_error_handlers(app)
     return app

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from emr.commands import export_command
+from emr.commands.import_command import import_
 from emr.settings import get_settings
 
 app = typer.Typer(help="An Giang EMR: run the FHIR server and look after its data.", no_args_is_help=True,
@@ -32,6 +34,8 @@ def serve(
 
 # Commands that live in their own modules (one module per command), registered here.
 # -- command registrations: keep one line per command below --
+app.command("export")(export_command.export)
+app.command("import")(import_)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     max_page_size: int = 1000
     #: Most entries a batch or transaction Bundle may carry (413 above it).
     max_bundle_entries: int = 5000
+    #: How long a bulk export waits after its transaction time before reading, so that every
+    #: transaction that started before it has committed (MongoDB aborts transactions after 60 s).
+    export_settle_seconds: float = 65.0
     host: str = "127.0.0.1"
     port: int = 8080
 

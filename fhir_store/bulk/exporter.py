@@ -25,10 +25,11 @@ Why not a database snapshot
 
     Versions are archived in `history` *before* the current document is
     replaced (see `store.py`), so whenever the walk sees a document newer than
-    T, the version it superseded is already there. The walk follows the
-    `type_id` index: an update never changes `_id`, so every document is seen
-    exactly once however many writes happen during the export, and no cursor
-    or transaction has to stay open longer than one batch needs.
+    T, the version it superseded is already there. The walk is a range of the
+    `type_id` index (see `_type_range`): an update never changes `_id`, so
+    every document is met exactly once however many writes happen during the
+    export. Each batch reads the latest data; no snapshot or transaction is
+    held, so an export may take hours without weighing on the database.
 
 Writes in flight at T
     A write stamps its version (`ts`) before storing it, and a transaction
@@ -46,7 +47,9 @@ Writes in flight at T
 Memory
     Documents are read `batch_size` at a time, the superseded versions of a
     batch's late documents are fetched in one query, and lines go straight to
-    the file: memory use does not grow with the database.
+    the file: memory use does not grow with the database. A selective export
+    (group, `_since`) walks only the small fields (`ts`, `cp`, ...) and
+    fetches the resources it keeps by `_id`, a batch at a time.
 
 Levels
     - system: every resource of the requested types;
@@ -70,7 +73,6 @@ from pathlib import Path
 from typing import IO, Any, Literal, cast
 
 import orjson
-from pymongo import DESCENDING
 
 from fhir_store.compartments import compartments, memberships
 from fhir_store.documents import Document, now
@@ -91,7 +93,8 @@ DEFAULT_SETTLE = timedelta(seconds=65)
 #: Called when a type with documents starts (count 0), after each batch, and at its end (done=True).
 Progress = Callable[[str, int, bool], Awaitable[None]]
 
-_FIELDS = {"type": True, "id": True, "vid": True, "ts": True, "deleted": True, "res": True}
+_FULL = {"type": True, "id": True, "vid": True, "ts": True, "deleted": True, "cp": True, "res": True}
+_LEAN = {"type": True, "id": True, "vid": True, "ts": True, "deleted": True, "cp": True}
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,7 @@ class Exporter:
 
     async def estimate(self, resource_type: str) -> int:
         """Documents of a type, deletions and later versions included: an upper bound, for progress bars."""
-        return await self.resources.count_documents({"type": resource_type}, hint="type_id")
+        return await self.resources.count_documents(_type_range(resource_type))
 
     async def export(self, request: ExportRequest, out_dir: Path, *, transaction_time: datetime | None = None,
                      settle: timedelta = DEFAULT_SETTLE, progress: Progress | None = None) -> ExportResult:
@@ -194,23 +197,17 @@ class Exporter:
 
     async def _export_type(self, rtype: str, request: ExportRequest, at: datetime, members: frozenset[str] | None,
                            out_dir: Path, progress: Progress | None) -> ExportFile | None:
-        # Current at T and selected: filtered by the server. Written after T: resolved here from history.
-        as_of_t: Document = {"deleted": False, "ts": {"$lte": at}}
-        if request.since is not None:
-            as_of_t["ts"]["$gte"] = request.since
-        if request.level == "patient":
-            as_of_t["cp"] = {"$regex": "^Patient/"}
-        elif members is not None:
-            as_of_t["cp"] = {"$in": sorted(members)}
-        query = {"type": rtype, "$or": [{"ts": {"$gt": at}}, as_of_t]}
-        # Most of the 141 types are empty: one cheap probe instead of a scan. (Documents are never removed,
-        # only tombstoned, so a type without documents now had none at T either.)
-        if await self.resources.find_one({"type": rtype}, {"_id": True}) is None:
+        walk = _type_range(rtype)
+        # Most of the 141 types are empty: one cheap probe, and no progress noise for them. (Documents are
+        # never removed, only tombstoned, so a type without documents now had none at T either.)
+        if await self.resources.find_one(walk, {"_id": True}) is None:
             return None
         if progress:
             await progress(rtype, 0, False)
-        # The hint keeps the walk on (type, _id): each document is met once, in id order, while writes go on.
-        cursor = self.resources.find(query, _FIELDS, hint="type_id", batch_size=self.batch_size)
+        # A selective export (a Group, `_since`) walks the small fields and fetches the resources it keeps; one
+        # that keeps most of them (system, patient) reads them all in the walk.
+        lean = request.level == "group" or request.since is not None
+        cursor = self.resources.find(walk, _LEAN if lean else _FULL, batch_size=self.batch_size)
         path = out_dir / f"{rtype}.ndjson"
         out: IO[bytes] | None = None
         count = 0
@@ -220,13 +217,13 @@ class Exporter:
                 batch.append(doc)
                 if len(batch) < self.batch_size:
                     continue
-                lines = await self._lines(rtype, batch, request, at, members)
+                lines = await self._lines(rtype, batch, request, at, members, lean)
                 batch = []
                 out = await _write(out, path, lines)
                 count += len(lines)
                 if progress:
                     await progress(rtype, count, False)
-            lines = await self._lines(rtype, batch, request, at, members) if batch else []
+            lines = await self._lines(rtype, batch, request, at, members, lean) if batch else []
             out = await _write(out, path, lines)
             count += len(lines)
         finally:
@@ -238,51 +235,60 @@ class Exporter:
         return ExportFile(rtype, path, count) if count else None
 
     async def _lines(self, rtype: str, batch: list[Document], request: ExportRequest, at: datetime,
-                     members: frozenset[str] | None) -> list[bytes]:
-        """NDJSON lines of a batch, with documents written after T replaced by their version at T."""
-        late = [doc["id"] for doc in batch if _utc(doc["ts"]) > at]
+                     members: frozenset[str] | None, lean: bool) -> list[bytes]:
+        """NDJSON lines of a batch of walked documents, each replaced by its version at T when newer."""
+        kept = [d for d in batch if _utc(d["ts"]) <= at and not d["deleted"]
+                and _in_scope(request, members, d["ts"], d.get("cp") or [])]
+        late = [d["id"] for d in batch if _utc(d["ts"]) > at]
+        fetched: dict[str, Document] = {}
+        if lean and kept:
+            keys = [current_key(rtype, d["id"]) for d in kept]
+            fetched = {d["id"]: d async for d in self.resources.find({"_id": {"$in": keys}}, _FULL)}
+            # Updated between the walk and the fetch: the version the walk selected is in history now.
+            late += [rid for rid, d in fetched.items() if _utc(d["ts"]) > at]
         at_t = await self._versions_at(rtype, late, at) if late else {}
+        selected = {d["id"] for d in kept}
         lines = []
         for doc in batch:
-            if _utc(doc["ts"]) <= at:
-                resource = doc["res"]  # the server's filter already selected it
+            rid = doc["id"]
+            if rid in selected:
+                current = fetched.get(rid, doc) if lean else doc
+                version = current if _utc(current["ts"]) <= at else at_t.get(rid)
+            elif _utc(doc["ts"]) > at:
+                version = at_t.get(rid)
+                if version is not None and not version["deleted"] and not self._archived_in_scope(
+                        rtype, version, request, members):
+                    version = None
             else:
-                old = at_t.get(doc["id"])
-                if old is None or old["deleted"] or not self._selected(rtype, old, request, members):
-                    continue
-                resource = old["res"]
-            lines.append(orjson.dumps(resource, option=orjson.OPT_APPEND_NEWLINE))
+                continue
+            if version is None or version["deleted"]:
+                continue  # created after T, or deleted at T
+            lines.append(orjson.dumps(version["res"], option=orjson.OPT_APPEND_NEWLINE))
         return lines
 
     async def _versions_at(self, rtype: str, ids: Iterable[str], at: datetime) -> dict[str, Document]:
         """For each id, its latest archived version with lastUpdated <= T (absent: created after T)."""
         found: dict[str, Document] = {}
-        query = {"type": rtype, "id": {"$in": list(ids)}, "ts": {"$lte": at}}
-        async for doc in self.history.find(query, _FIELDS, hint="instance_history"):
+        async for doc in self.history.find({"type": rtype, "id": {"$in": list(ids)}}, _FULL):
             best = found.get(doc["id"])
-            if best is None or doc["vid"] > best["vid"]:
+            if _utc(doc["ts"]) <= at and (best is None or doc["vid"] > best["vid"]):
                 found[doc["id"]] = doc
         return found
 
-    def _selected(self, rtype: str, version: Document, request: ExportRequest,
-                  members: frozenset[str] | None) -> bool:
-        """Does an archived version pass `_since` and the level's compartment rule (judged on that version)?"""
-        if request.since is not None and _utc(version["ts"]) < request.since:
-            return False
+    @staticmethod
+    def _archived_in_scope(rtype: str, version: Document, request: ExportRequest,
+                           members: frozenset[str] | None) -> bool:
+        """`_since` and the level's rule for an archived version, whose compartments are not stored."""
         if request.level == "system":
-            return True
+            return _in_scope(request, members, version["ts"], [])
         ix, _ = extract(registry(), version["res"])
-        cp = memberships(rtype, version["id"], ix)
-        if members is None:
-            return any(c.startswith("Patient/") for c in cp)
-        return not members.isdisjoint(cp)
+        return _in_scope(request, members, version["ts"], memberships(rtype, version["id"], ix))
 
     async def _group_members(self, group_id: str, at: datetime) -> frozenset[str]:
         """The Group's Patient members ("Patient/id") as the Group was at T."""
-        doc = await self.resources.find_one({"_id": current_key("Group", group_id)}, _FIELDS)
+        doc = await self.resources.find_one({"_id": current_key("Group", group_id)}, _FULL)
         if doc is not None and _utc(doc["ts"]) > at:
-            doc = await self.history.find_one({"type": "Group", "id": group_id, "ts": {"$lte": at}}, _FIELDS,
-                                              sort=[("vid", DESCENDING)], hint="instance_history")
+            doc = (await self._versions_at("Group", [group_id], at)).get(group_id)
         if doc is None or doc["deleted"]:
             raise ResourceNotFound(f"Group/{group_id} did not exist at the export's transaction time")
         group = cast(dict[str, Any], doc["res"])
@@ -295,6 +301,29 @@ class Exporter:
             if ref.startswith("Patient/") and ref.count("/") == 1:
                 refs.append(ref)
         return frozenset(refs)
+
+
+def _type_range(rtype: str) -> Document:
+    """Every document of a type, as a range of the (type, _id) index: "Observation/" <= _id < "Observation0".
+
+    No other condition goes into the walk's query, so every planner (MongoDB's, the embedded server's)
+    walks an index whose keys no update changes — `type_id` or `_id_` — and meets each document exactly
+    once. A condition on `ts` or `cp` could let a planner walk an index whose entry moves when a resource
+    is updated during the export, and miss it. Filtering happens here instead, and index hints are not
+    used: the embedded server ignores the bounds of a hinted index and reads all of it.
+    """
+    return {"type": rtype, "_id": {"$gte": f"{rtype}/", "$lt": f"{rtype}0"}}  # "0" follows "/" in ASCII
+
+
+def _in_scope(request: ExportRequest, members: frozenset[str] | None, ts: datetime, cp: list[str]) -> bool:
+    """`_since` and the level's compartment rule, for a version's lastUpdated and compartments."""
+    if request.since is not None and _utc(ts) < request.since:
+        return False
+    if request.level == "patient":
+        return any(c.startswith("Patient/") for c in cp)
+    if members is not None:
+        return not members.isdisjoint(cp)
+    return True
 
 
 async def _write(out: IO[bytes] | None, path: Path, lines: list[bytes]) -> IO[bytes] | None:

@@ -581,7 +581,6 @@ class BulkImporter:
     async def _bundle(self, path: Path) -> None:
         name = str(path)
         scan = self._scan(path)
-        self._pass_start, self._pass_share = 0.0, 0.1
         todo = scan.conditional + scan.others or 1
         if scan.conditional:
             self._pass_start, self._pass_share = 0.1, 0.9 * scan.conditional / todo

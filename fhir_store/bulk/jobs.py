@@ -290,7 +290,12 @@ class ExportWorker:
         interval = min(self.queue.lease.total_seconds() / 3, 5.0)
         while True:
             await asyncio.sleep(interval)
-            if not await self.queue.renew(attempt.job.id, self.owner, dict(attempt.progress)):
+            try:
+                ours = await self.queue.renew(attempt.job.id, self.owner, dict(attempt.progress))
+            except Exception:  # the database is away for a moment: try again; the lease covers several misses
+                log.warning("export %s: could not renew the lease", attempt.job.id, exc_info=True)
+                continue
+            if not ours:
                 attempt.lost = True
                 if attempt.task is not None:
                     attempt.task.cancel()

@@ -1,0 +1,227 @@
+"""FHIR Bulk Data export (`$export`): kick-off, status polling, cancellation and file download.
+
+The flow is the Bulk Data IG's asynchronous request pattern: kick-off
+(`Prefer: respond-async`) records a job and answers 202 with a status URL;
+the worker (`fhir_store.bulk.jobs`, started with the app) exports in the
+background; polling answers 202 with `X-Progress` until the manifest (200) is
+ready; the manifest's file URLs are served from this router. Every route runs
+through the app's `Pipeline`, like `routes.py`, so authentication and audit
+see exports too.
+
+This router is included before the main one: its fixed paths (`/fhir/$export`,
+`/fhir/Patient/$export`) would otherwise be taken for `/fhir/{resource_type}`
+and `/fhir/{resource_type}/{resource_id}`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import FileResponse
+
+from emr.api.formats import check_acceptable
+from emr.api.pipeline import Interaction
+from emr.api.responses import ApiError, fhir_response
+from emr.api.routes import base_url
+from fhir_store import FhirStore
+from fhir_store.bulk.exporter import Exporter, ExportRequest, Level
+from fhir_store.bulk.jobs import ExportWorker, Job
+from fhir_store.documents import format_instant
+from fhir_store.errors import Issue, operation_outcome
+
+router = APIRouter(prefix="/fhir")
+
+NDJSON = "application/fhir+ndjson"
+OUTPUT_FORMATS = {NDJSON, "application/ndjson", "ndjson"}
+#: Kick-off parameters this server implements; the IG's others are refused unless `Prefer: handling=lenient`.
+_SUPPORTED = {"_outputFormat", "_type", "_since", "_format", "_pretty"}
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+_FILE_NAME = re.compile(r"[A-Za-z]{1,64}\.ndjson")
+
+Handler = Callable[[Interaction], Awaitable[Response]]
+
+
+def _operation(method: str, path: str, name: str, *, resource_type: str | None = None,
+               negotiate: bool = True) -> Callable[[Handler], Handler]:
+    """Register a route for one step of `$export`, run through the Pipeline as a FHIR "operation" interaction."""
+
+    def register(handler: Handler) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            it = Interaction("operation", request, resource_type, request.path_params.get("resource_id"),
+                             context={"operation": name})
+            if negotiate:  # file downloads are NDJSON, whatever Accept a client sends
+                check_acceptable(request)
+            return await request.app.state.pipeline.run(it, handler)
+
+        endpoint.__name__ = handler.__name__
+        endpoint.__doc__ = handler.__doc__
+        router.add_api_route(path, endpoint, methods=[method], name=handler.__name__, summary=f"${name}",
+                             response_class=Response)
+        return handler
+
+    return register
+
+
+@asynccontextmanager
+async def export_worker(app: FastAPI, store: FhirStore) -> AsyncIterator[ExportWorker]:
+    """Run the export worker for the app's lifetime; files go to `<EMR_DATA_DIR>/exports/<job id>/`."""
+    settings = app.state.settings
+    worker = ExportWorker(store, Path(settings.data_dir) / "exports",
+                          settle=timedelta(seconds=settings.export_settle_seconds))
+    await worker.queue.ensure_indexes()
+    app.state.export_worker = worker
+    worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.stop()
+
+
+# ---- kick-off -------------------------------------------------------------------------------
+
+@_operation("GET", "/$export", "export")
+async def export_system(it: Interaction) -> Response:
+    """Export every resource (Bulk Data system-level export)."""
+    return await _kick_off(it, "system")
+
+
+@_operation("GET", "/Patient/$export", "export", resource_type="Patient")
+async def export_patients(it: Interaction) -> Response:
+    """Export the compartments of every Patient (Bulk Data patient-level export)."""
+    return await _kick_off(it, "patient")
+
+
+@_operation("GET", "/Group/{resource_id}/$export", "export", resource_type="Group")
+async def export_group(it: Interaction) -> Response:
+    """Export the compartments of a Group's Patient members (Bulk Data group-level export)."""
+    return await _kick_off(it, "group")
+
+
+async def _kick_off(it: Interaction, level: Level) -> Response:
+    request = it.request
+    if "respond-async" not in _prefer_tokens(request):
+        raise ApiError(400, "$export runs asynchronously: send the header 'Prefer: respond-async'")
+    params = request.query_params
+    output_format = params.get("_outputFormat", NDJSON)
+    if output_format not in OUTPUT_FORMATS:
+        raise ApiError(400, f"_outputFormat '{output_format}' is not supported; use {NDJSON}", "not-supported")
+    unsupported = sorted({k for k in params if k not in _SUPPORTED})
+    if unsupported and "handling=lenient" not in _prefer_tokens(request):
+        raise ApiError(400, f"$export does not support {', '.join(unsupported)} "
+                            "(send 'Prefer: handling=lenient' to have them ignored)", "not-supported")
+    types = tuple(dict.fromkeys(t.strip() for v in params.getlist("_type") for t in v.split(",") if t.strip()))
+    since = _instant("_since", params["_since"]) if "_since" in params else None
+    export = ExportRequest(level, types, since, it.resource_id)  # InvalidRequest → 400
+    store: FhirStore = request.app.state.store
+    if level == "group":
+        await store.read("Group", str(it.resource_id))  # 404 / 410 now, rather than a failed job later
+    worker: ExportWorker = request.app.state.export_worker
+    base = base_url(request)
+    kick_off_url = base + request.url.path.removeprefix("/fhir") + (f"?{request.url.query}" if request.url.query
+                                                                      else "")
+    job = await worker.queue.submit(export, kick_off_url)
+    worker.wake()
+    status_url = f"{base}/$export-poll-status?_jobId={job.id}"
+    message = f"Export accepted as of {format_instant(job.transaction_time)}; poll {status_url}"
+    return fhir_response(_information(message), 202, {"Content-Location": status_url})
+
+
+# ---- status, cancel, files ------------------------------------------------------------------
+
+@_operation("GET", "/$export-poll-status", "export-poll-status")
+async def export_status(it: Interaction) -> Response:
+    """202 with X-Progress while the export runs; the manifest (200) when done; 500 if it failed."""
+    job = await _job(it)
+    if job.status in ("queued", "running"):
+        worker: ExportWorker = it.request.app.state.export_worker
+        return Response(status_code=202, headers={"X-Progress": _progress(job, worker), "Retry-After": "2"})
+    if job.status == "failed":
+        outcome = operation_outcome([Issue("exception", job.error or "The export failed")])
+        return fhir_response(outcome, 500)
+    base = base_url(it.request)
+    manifest = {
+        "transactionTime": format_instant(job.transaction_time),
+        "request": job.request_url,
+        "requiresAccessToken": False,
+        "output": [{"type": o["type"], "url": f"{base}/$export-file/{job.id}/{o['file']}", "count": o["count"]}
+                   for o in job.output],
+        "error": [],
+    }
+    return Response(orjson.dumps(manifest), 200, media_type="application/json")
+
+
+@_operation("DELETE", "/$export-poll-status", "export-poll-status")
+async def export_cancel(it: Interaction) -> Response:
+    """Cancel an export: stop it if it runs, and delete the job and its files."""
+    job_id = _job_id(it)
+    worker: ExportWorker = it.request.app.state.export_worker
+    if not await worker.cancel(job_id):
+        raise ApiError(404, f"There is no export job '{job_id}'", "not-found")
+    return fhir_response(_information(f"Export {job_id} cancelled; its files are deleted"), 202)
+
+
+@_operation("GET", "/$export-file/{job_id}/{file_name}", "export-file", negotiate=False)
+async def export_file(it: Interaction) -> Response:
+    """One NDJSON file of a completed export, streamed from disk."""
+    job_id, file_name = it.request.path_params["job_id"], it.request.path_params["file_name"]
+    missing = ApiError(404, f"Export {job_id} has no file '{file_name}'", "not-found")
+    if not _JOB_ID.fullmatch(job_id) or not _FILE_NAME.fullmatch(file_name):
+        raise missing
+    worker: ExportWorker = it.request.app.state.export_worker
+    job = await worker.queue.get(job_id)
+    if job is None or job.status != "complete" or file_name not in {o["file"] for o in job.output}:
+        raise missing
+    path = worker.job_dir(job_id) / file_name
+    if not path.is_file():
+        raise missing
+    return FileResponse(path, media_type=NDJSON)
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+def _job_id(it: Interaction) -> str:
+    job_id = it.request.query_params.get("_jobId", "")
+    if not _JOB_ID.fullmatch(job_id):
+        raise ApiError(404, f"There is no export job '{job_id}'", "not-found")
+    return job_id
+
+
+async def _job(it: Interaction) -> Job:
+    job_id = _job_id(it)
+    worker: ExportWorker = it.request.app.state.export_worker
+    job = await worker.queue.get(job_id)
+    if job is None:
+        raise ApiError(404, f"There is no export job '{job_id}'", "not-found")
+    return job
+
+
+def _progress(job: Job, worker: ExportWorker) -> str:
+    if job.status == "queued":
+        return "queued" if job.attempts == 0 else "queued again (its worker stopped)"
+    if not job.progress:
+        start = format_instant(job.transaction_time + worker.settle)
+        return f"waiting until {start} for writes in flight at the transaction time to land"
+    planned = len(Exporter.types_for(job.request))
+    return f"{sum(job.progress.values())} resources exported; {len(job.progress)} of {planned} types started"
+
+
+def _prefer_tokens(request: Request) -> set[str]:
+    return {item.strip().replace(" ", "") for item in re.split(r"[,;]", request.headers.get("prefer", ""))}
+
+
+def _instant(name: str, raw: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, f"{name} must be a FHIR instant like 2025-01-31T08:00:00Z; got '{raw}'") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _information(message: str) -> dict[str, object]:
+    return operation_outcome([Issue("informational", message, severity="information")])
