@@ -1,8 +1,8 @@
 """Synthea transaction bundles from ../shared/data, turned into plain resources with resolved references.
 
-Until transaction Bundles land, tests load Synthea data resource by resource: each
-entry keeps the id of its `urn:uuid:` fullUrl, and every `urn:uuid:` reference
-becomes `Type/id`.
+Search tests load Synthea data resource by resource with PUT, independently of the
+transaction and import code they are not testing: each entry keeps the id of its
+`urn:uuid:` fullUrl, and every `urn:uuid:` reference becomes `Type/id`.
 """
 
 from __future__ import annotations

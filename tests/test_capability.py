@@ -27,6 +27,10 @@ def test_metadata_is_a_valid_capability_statement(fhir: httpx.Client) -> None:
     assert {i["code"] for i in rest["interaction"]} == {"history-system", "search-system", "transaction", "batch"}
     assert {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"} \
         in patient["operation"]
+    assert {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"} \
+        in rest["operation"]
+    group = next(r for r in rest["resource"] if r["type"] == "Group")
+    assert group["operation"][0]["name"] == "export"
     params = {p["name"]: p for p in patient["searchParam"]}
     assert {"name", "family", "identifier", "birthdate", "phone", "_id", "_lastUpdated", "_tag"} <= set(params)
     assert params["birthdate"]["type"] == "date"

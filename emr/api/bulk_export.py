@@ -28,7 +28,7 @@ from fastapi.responses import FileResponse
 from emr.api.formats import check_acceptable
 from emr.api.pipeline import Interaction
 from emr.api.responses import ApiError, fhir_response
-from emr.api.routes import base_url
+from emr.api.routes import CAPABILITIES, Capability, base_url
 from fhir_store import FhirStore
 from fhir_store.bulk.exporter import Exporter, ExportRequest, Level
 from fhir_store.bulk.jobs import ExportWorker, Job
@@ -63,6 +63,8 @@ def _operation(method: str, path: str, name: str, *, resource_type: str | None =
         endpoint.__doc__ = handler.__doc__
         router.add_api_route(path, endpoint, methods=[method], name=handler.__name__, summary=f"${name}",
                              response_class=Response)
+        if name == "export":
+            CAPABILITIES.append(Capability("export", f"operation:{resource_type or 'system'}"))
         return handler
 
     return register

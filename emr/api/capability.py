@@ -18,6 +18,19 @@ from fhir_store.documents import format_instant
 from fhir_store.resource_types import FHIR_VERSION, resource_types
 from fhir_store.search.registry import MODIFIERS, registry
 
+#: Canonical definitions of the operations the routes implement, by (name, level).
+OPERATION_DEFINITIONS = {
+    ("everything", "Patient"): "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+    ("export", "system"): "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+    ("export", "Patient"): "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
+    ("export", "Group"): "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
+}
+
+
+def _operations(level: str) -> list[dict[str, str]]:
+    names = sorted({c.code for c in CAPABILITIES if c.level == f"operation:{level}"})
+    return [{"name": name, "definition": OPERATION_DEFINITIONS[(name, level)]} for name in names]
+
 
 @cache
 def _resource_entries() -> tuple[dict[str, Any], ...]:
@@ -44,10 +57,9 @@ def _resource_entries() -> tuple[dict[str, Any], ...]:
             "conditionalUpdate": "update" in conditional,
             "conditionalDelete": "single" if "delete" in conditional else "not-supported",
         }
-        operations = [c.code for c in CAPABILITIES if c.level == f"operation:{name}"]
+        operations = _operations(name)
         if operations:
-            entry["operation"] = [{"name": op, "definition": f"http://hl7.org/fhir/OperationDefinition/{name}-{op}"}
-                                  for op in operations]
+            entry["operation"] = operations
         if "search-type" in type_codes:
             entry["searchInclude"] = ["*"] + [f"{name}:{p.code}" for p in params if p.type == "reference"]
             entry["searchRevInclude"] = sorted(revincludes.get(name, []))
@@ -80,6 +92,7 @@ def capability_statement(base: str) -> dict[str, Any]:
             "mode": "server",
             "resource": list(_resource_entries()),
             "interaction": [{"code": code} for code in system_codes],
+            "operation": _operations("system"),
             "compartment": [f"http://hl7.org/fhir/CompartmentDefinition/{c.lower()}" for c in compartments()]
             if any(c.level == "compartment" for c in CAPABILITIES) else [],
         }],
