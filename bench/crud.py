@@ -535,7 +535,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"starting the embedded database in {tmp}")
         server = ensure_embedded(Path(tmp))
         assert server.process is not None  # a fresh directory: the server is ours
-        uri = f"{server.uri}?retryWrites={'true' if args.retry_writes else 'false'}"
+        # the embedded server's address already says retryWrites=false (see emr/embedded_db.py)
+        uri = server.uri.replace("retryWrites=false", "retryWrites=true") if args.retry_writes else server.uri
         api_process: subprocess.Popen[bytes] | None = None
         client: MongoClient[Doc] | None = None
         try:

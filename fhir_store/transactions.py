@@ -178,7 +178,7 @@ class BundleProcessor:
     async def _batch_entry(self, entry: Entry, base: str) -> Outcome:
         try:
             if entry.resource is not None:
-                entry.resource = await self._resolve_conditional_references(entry.resource, None)
+                entry.resource = await self._resolve_conditional_references(entry.resource, None, {})
             return await self._execute(entry, base, None, {})
         except StoreError as exc:
             return Outcome(exc.status, issues=exc.issues)
@@ -191,6 +191,7 @@ class BundleProcessor:
 
         async def run(session: AsyncClientSession) -> dict[int, Outcome]:
             keys = await self._assign_ids(entries, session)
+            conditional_refs: dict[str, str] = {}
             outcomes: dict[int, Outcome] = {}
             plain_posts: list[tuple[Entry, dict[str, Any]]] = []  # written together, in one round trip
 
@@ -205,7 +206,7 @@ class BundleProcessor:
                     rewritten = None
                     if entry.resource is not None:
                         rewritten = await self._resolve_conditional_references(_rewrite(entry.resource, keys),
-                                                                               session)
+                                                                               session, conditional_refs)
                     if entry.method == "POST" and entry.if_none_exist is None and entry.full_url in keys:
                         wanted = keys[str(entry.full_url)]
                         rtype, _, rid = wanted.partition("/")
@@ -250,11 +251,12 @@ class BundleProcessor:
                     keys[entry.full_url] = f"{path[0]}/{body_id or new_id()}"
         return keys
 
-    async def _resolve_conditional_references(self, resource: dict[str, Any],
-                                              session: AsyncClientSession | None) -> dict[str, Any]:
+    async def _resolve_conditional_references(self, resource: dict[str, Any], session: AsyncClientSession | None,
+                                              found: dict[str, str]) -> dict[str, Any]:
+        """Replace `Type?criteria` references by `Type/id`; `found` caches answers for the whole Bundle
+        (a Synthea record names the same practitioner in hundreds of entries)."""
         if not _has_conditional_reference(resource):
             return resource
-        found: dict[str, str] = {}
 
         async def resolve(ref: str) -> str:
             if ref not in found:
