@@ -65,7 +65,7 @@ from emr.embedded_db import ensure_embedded  # noqa: E402
 from fhir_store import indexes  # noqa: E402
 from fhir_store.documents import current_document  # noqa: E402
 
-DATA = Path("/work/shared/data/synthea/smart-on-fhir")
+DATA = REPO.parent / "shared" / "data" / "synthea" / "smart-on-fhir"
 HOST = "127.0.0.1"
 API_DB = "bench_api"
 DRIVER_DB = "bench_driver"
