@@ -233,6 +233,18 @@ async def history_type(it: Interaction) -> Response:
     return await _history(it)
 
 
+@interaction("GET", "/{resource_type}/{resource_id}", "read", "instance")
+async def read(it: Interaction) -> Response:
+    """The current version; 410 if deleted; 304 for If-None-Match / If-Modified-Since.
+
+    Registered early: it is the most frequent request, and routes are matched in order."""
+    version = await _store(it).read(str(it.resource_type), str(it.resource_id))
+    headers = _version_headers(version)
+    if _not_modified(it, version):
+        return Response(status_code=304, headers=headers)
+    return fhir_response(version.resource, 200, headers, pretty=is_pretty(it.request))
+
+
 @interaction("POST", "/{resource_type}", "create", "type", conditional=True)
 async def create(it: Interaction) -> Response:
     """Create with a server-assigned id; `If-None-Exist` makes it conditional."""
@@ -302,16 +314,6 @@ async def vread(it: Interaction) -> Response:
         raise ApiError(404, f"Version '{vid}' does not exist: version ids are whole numbers", "not-found")
     version = await _store(it).vread(str(it.resource_type), str(it.resource_id), int(vid))
     return fhir_response(version.resource, 200, _version_headers(version), pretty=is_pretty(it.request))
-
-
-@interaction("GET", "/{resource_type}/{resource_id}", "read", "instance")
-async def read(it: Interaction) -> Response:
-    """The current version; 410 if deleted; 304 for If-None-Match / If-Modified-Since."""
-    version = await _store(it).read(str(it.resource_type), str(it.resource_id))
-    headers = _version_headers(version)
-    if _not_modified(it, version):
-        return Response(status_code=304, headers=headers)
-    return fhir_response(version.resource, 200, headers, pretty=is_pretty(it.request))
 
 
 @interaction("PUT", "/{resource_type}/{resource_id}", "update", "instance")
