@@ -26,6 +26,7 @@ import asyncio
 import base64
 import copy
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -66,6 +67,8 @@ class Entry:
     resource: dict[str, Any] | None
     if_none_exist: str | None
     if_match: int | None
+    if_none_match: str | None = None
+    if_modified_since: str | None = None
 
     @property
     def path(self) -> list[str]:
@@ -160,7 +163,7 @@ class BundleProcessor:
                 raise InvalidRequest(f"{where}.request.ifMatch must name a version, like W/\"3\"")
             version = int(digits)
         return Entry(index, method, url.lstrip("/"), raw.get("fullUrl"), copy.deepcopy(resource),
-                     request.get("ifNoneExist"), version)
+                     request.get("ifNoneExist"), version, request.get("ifNoneMatch"), request.get("ifModifiedSince"))
 
     # ---- batch -----------------------------------------------------------------------------
 
@@ -329,6 +332,8 @@ class BundleProcessor:
         path, store = entry.path, self.store
         if len(path) == 2:
             version = await store.read(path[0], check_id(path[1]), session=session)
+            if _not_modified(entry, version):
+                return Outcome(304, version=version)
             return Outcome(200, version.resource, version)
         if len(path) == 4 and path[2] == "_history" and path[3].isdigit():
             version = await store.vread(path[0], path[1], int(path[3]), session=session)
@@ -361,6 +366,21 @@ class BundleProcessor:
         if entry.method in ("POST", "PUT", "PATCH") and not return_resources:
             resource = None
         return bundle_response_entry(base, version, resource, response)
+
+
+def _not_modified(entry: Entry, version: Version) -> bool:
+    """A read entry's ifNoneMatch / ifModifiedSince, as the same headers on a plain read."""
+    if entry.if_none_match:
+        tags = {t.strip() for t in entry.if_none_match.split(",")}
+        return bool(tags & {etag(version.version_id), f'"{version.version_id}"', "*"})
+    if entry.if_modified_since:
+        try:
+            since = datetime.fromisoformat(entry.if_modified_since.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidRequest(f"ifModifiedSince must be an instant, not '{entry.if_modified_since}'") from None
+        since = since if since.tzinfo else since.replace(tzinfo=UTC)
+        return version.last_updated <= since
+    return False
 
 
 def _written(result: WriteResult) -> Outcome:

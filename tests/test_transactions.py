@@ -243,6 +243,19 @@ def test_batch_entries_are_independent(fhir: httpx.Client) -> None:
     assert fhir.get(f"/Patient/{existing['id']}").json()["gender"] == "other"
 
 
+def test_conditional_reads_in_a_batch(fhir: httpx.Client) -> None:
+    created = fhir.post("/Patient", json=patient(unique("089")), headers=JSON).json()
+    url = f"Patient/{created['id']}"
+    body = bundle("batch",
+                  {"request": {"method": "GET", "url": url, "ifNoneMatch": 'W/"1"'}},
+                  {"request": {"method": "GET", "url": url, "ifNoneMatch": 'W/"9"'}},
+                  {"request": {"method": "GET", "url": url, "ifModifiedSince": "2999-01-01T00:00:00Z"}},
+                  {"request": {"method": "GET", "url": url, "ifModifiedSince": "2000-01-01T00:00:00Z"}})
+    entries = send(fhir, body).json()["entry"]
+    assert [e["response"]["status"] for e in entries] == ["304 Not Modified", "200 OK", "304 Not Modified", "200 OK"]
+    assert "resource" not in entries[0] and entries[1]["resource"]["id"] == created["id"]
+
+
 def test_prefer_representation_returns_resources(fhir: httpx.Client) -> None:
     body = bundle("transaction", post({"resourceType": "Basic", "code": {"text": "x"}}))
     minimal = send(fhir, body).json()["entry"][0]
