@@ -32,15 +32,12 @@ measures the default driver setting anyway.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import itertools
 import json
 import os
-import platform
 import random
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,7 +47,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +56,8 @@ from pymongo.collection import Collection
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from _common import environment, free_port, stop_process  # noqa: E402
 
 from emr.embedded_db import ensure_embedded  # noqa: E402
 from fhir_store import indexes  # noqa: E402
@@ -261,10 +259,6 @@ class ApiTarget:
         return samples
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def start_api(mongodb_uri: str, port: int) -> subprocess.Popen[bytes]:
@@ -296,14 +290,6 @@ def wait_for_api(process: subprocess.Popen[bytes], port: int) -> None:
     raise SystemExit(f"The API did not answer GET /fhir/metadata within {START_TIMEOUT_S:.0f}s")
 
 
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 # ---- the bare driver --------------------------------------------------------------------------
@@ -417,22 +403,6 @@ def run_once(port: int, collection: Collection[Doc], meter: CpuMeter, resources:
 
 # ---- report -----------------------------------------------------------------------------------
 
-def environment() -> dict[str, Any]:
-    def version(name: str) -> str:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return "?"
-
-    commit = "?"
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                                capture_output=True, text=True, timeout=10).stdout.strip() or "?"
-    return {
-        "python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-        "commit": commit,
-        **{pkg: version(pkg) for pkg in ("pymongo", "SecantusDB", "uvicorn", "fastapi", "fhir.resources")},
-    }
 
 
 def load_average() -> float:

@@ -29,15 +29,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import http.client
 import json
 import os
-import platform
 import random
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,7 +44,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -58,6 +54,8 @@ from pymongo.collection import Collection
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from _common import environment, free_port, stop_process  # noqa: E402
 
 from emr.embedded_db import ensure_embedded  # noqa: E402
 from emr.settings import Settings  # noqa: E402
@@ -145,10 +143,6 @@ class HttpClient:
         self.conn.close()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for_api(process: subprocess.Popen[bytes], port: int) -> None:
@@ -168,32 +162,8 @@ def wait_for_api(process: subprocess.Popen[bytes], port: int) -> None:
     raise SystemExit(f"The API did not answer GET /fhir/metadata within {START_TIMEOUT_S:.0f}s")
 
 
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
-def environment() -> dict[str, Any]:
-    def version(name: str) -> str:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return "?"
-
-    commit = "?"
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                                capture_output=True, text=True, timeout=10).stdout.strip() or "?"
-    return {
-        "python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-        "commit": commit,
-        **{pkg: version(pkg) for pkg in ("pymongo", "SecantusDB", "uvicorn", "fastapi", "fhir.resources")},
-    }
 
 
 # ---- source data: Synthea bundles, copied with fresh ids --------------------------------------
