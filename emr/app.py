@@ -17,9 +17,11 @@ from emr.api.formats import is_pretty
 from emr.api.pipeline import Interceptor, Pipeline
 from emr.api.responses import ApiError, outcome_response
 from emr.api.routes import router
+from emr.api.terminology import router as terminology_router
 from emr.database import open_database
+from emr.services import open_services
 from emr.settings import Settings, get_settings
-from fhir_store import FhirStore, StoreError
+from fhir_store import StoreError
 from fhir_store.errors import Issue, ResourceGone
 from fhir_store.resource_types import resource_types
 
@@ -33,17 +35,19 @@ def create_app(settings: Settings | None = None, interceptors: list[Interceptor]
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resource_types()  # load the models now, not on the first request
         async with open_database(settings) as db:
-            store = FhirStore(db)
-            await store.ensure_indexes()
-            app.state.store = store
-            async with export_worker(app, store):
+            services = await open_services(db, settings)
+            app.state.store = services.store
+            app.state.terminology = services.terminology
+            async with export_worker(app, services.store):
                 yield
 
     app = FastAPI(title="An Giang EMR", version=__version__, lifespan=lifespan,
                   description="FHIR R4 server of the An Giang hospitals' EMR.")
     app.state.settings = settings
     app.state.pipeline = Pipeline(interceptors)
-    app.include_router(bulk_export_router)  # first: /fhir/$export would otherwise match /fhir/{resource_type}
+    # Operation routers first: /fhir/$export, /fhir/CodeSystem/$lookup would otherwise match the generic paths.
+    app.include_router(bulk_export_router)
+    app.include_router(terminology_router)
     app.include_router(router)
     _install_error_handlers(app)
     return app

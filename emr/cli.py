@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from emr.commands import export_command
+from emr.commands import export_command, terminology_command
 from emr.commands.import_command import import_
 from emr.settings import get_settings
 
@@ -36,6 +36,7 @@ def serve(
 # -- command registrations: keep one line per command below --
 app.command("export")(export_command.export)
 app.command("import")(import_)
+app.add_typer(terminology_command.app, name="terminology")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -30,6 +31,10 @@ class Settings(BaseSettings):
     #: How long a bulk export waits after its transaction time before reading, so that every
     #: transaction that started before it has committed (MongoDB aborts transactions after 60 s).
     export_settle_seconds: float = 65.0
+    #: Codes of code systems loaded here (ICD-10, national lists, FHIR's own) are checked on every write:
+    #: `reject` refuses a resource with an unknown code (400), `warn` keeps it and reports the problem,
+    #: `off` does not look.
+    terminology_validation: Literal["reject", "warn", "off"] = "warn"
     host: str = "127.0.0.1"
     port: int = 8080
 

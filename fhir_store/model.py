@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from bson import ObjectId
 
+from fhir_store.errors import Issue
+
 Operation = Literal["create", "update", "delete"]
 
 
@@ -39,6 +41,8 @@ class WriteResult:
     version: Version
     created: bool
     changed: bool = True  # false when an update or delete found nothing to change
+    #: Warnings the write checks raised but did not refuse the write for (terminology in warn mode).
+    warnings: tuple[Issue, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -38,6 +38,7 @@ from fhir_store.documents import Document, current_document, now, version_from_d
 from fhir_store.errors import (
     InvalidRequest,
     InvalidResource,
+    Issue,
     MultipleMatches,
     ResourceGone,
     ResourceNotFound,
@@ -53,6 +54,10 @@ from fhir_store.search.registry import Registry, registry
 from fhir_store.validation import validate_resource
 
 Criteria = tuple[tuple[str, str], ...]
+#: Runs before a validated resource is written: raises a StoreError to refuse it, returns warnings to keep it.
+WriteCheck = Callable[[dict[str, Any]], Awaitable[list[Issue]]]
+#: Runs after a version is written, inside the same session (derived data such as the terminology catalog).
+WriteObserver = Callable[[Version, AsyncClientSession | None], Awaitable[None]]
 
 # A writer that loses the compare-and-swap this many times in a row gives up (429).
 _MAX_ATTEMPTS = 20
@@ -93,6 +98,10 @@ class FhirStore:
         self.claims = db["claims"]
         self.registry: Registry = registry()
         self.search_engine = SearchEngine(self.registry, self.resources)
+        #: Checks beyond structural validation (terminology plugs in here); see `WriteCheck`.
+        self.write_checks: list[WriteCheck] = []
+        #: Keepers of data derived from resources; see `WriteObserver`.
+        self.observers: list[WriteObserver] = []
 
     async def ensure_indexes(self) -> None:
         """Create the indexes the store relies on; cheap when they already exist."""
@@ -180,9 +189,14 @@ class FhirStore:
         """Insert many new resources in one round trip (a transaction's plain POST entries)."""
         if not prepared:
             return []
+        warnings = [await self._check(d) for d in prepared]
         docs = [current_document(d["resourceType"], d["id"], 1, d, "create") for d in prepared]
         await self.resources.insert_many(docs, ordered=True, session=session)
-        return [WriteResult(version_from_document(doc), created=True) for doc in docs]
+        results = [WriteResult(version_from_document(doc), created=True, warnings=w)
+                   for doc, w in zip(docs, warnings, strict=True)]
+        for result in results:
+            await self._observe(result.version, session)
+        return results
 
     async def update(self, resource: Any, *, resource_type: str, resource_id: str, if_match: int | None = None,
                      session: AsyncClientSession | None = None) -> WriteResult:
@@ -348,15 +362,29 @@ class FhirStore:
                 raise VersionConflict(_stale(resource_type, resource_id, if_match, None))
         raise TooManyRequests(f"{resource_type}/{resource_id} is being changed by others; try again")
 
+    async def _check(self, data: dict[str, Any]) -> tuple[Issue, ...]:
+        warnings: list[Issue] = []
+        for check in self.write_checks:
+            warnings += await check(data)
+        return tuple(warnings)
+
+    async def _observe(self, version: Version, session: AsyncClientSession | None) -> None:
+        for observer in self.observers:
+            await observer(version, session)
+
     async def _insert_first(self, data: dict[str, Any], session: AsyncClientSession | None) -> WriteResult:
+        warnings = await self._check(data)
         doc = current_document(data["resourceType"], data["id"], 1, data, "create")
         await self.resources.insert_one(doc, session=session)
-        return WriteResult(version_from_document(doc), created=True)
+        version = version_from_document(doc)
+        await self._observe(version, session)
+        return WriteResult(version, created=True, warnings=warnings)
 
     async def _replace(self, current: Version, data: dict[str, Any] | None, op: Operation,
                        session: AsyncClientSession | None) -> WriteResult | None:
         """Archive the current version, then swap in the next one; None if another writer won."""
         rtype, rid, vid = current.resource_type, current.id, current.version_id
+        warnings = await self._check(data) if data is not None else ()
         archived = {"_id": version_key(rtype, rid, vid), "type": rtype, "id": rid, "vid": vid,
                     "ts": current.last_updated, "oid": current.order, "op": current.operation,
                     "deleted": current.deleted, "res": current.resource}
@@ -367,7 +395,9 @@ class FhirStore:
         outcome = await self.resources.replace_one({"_id": current_key(rtype, rid), "vid": vid}, doc, session=session)
         if outcome.matched_count != 1:
             return None
-        return WriteResult(version_from_document(doc), created=current.deleted and op != "delete")
+        version = version_from_document(doc)
+        await self._observe(version, session)
+        return WriteResult(version, created=current.deleted and op != "delete", warnings=warnings)
 
     async def _conditional_create(self, data: dict[str, Any], criteria: Criteria,
                                   session: AsyncClientSession | None, resource_id: str | None) -> WriteResult:

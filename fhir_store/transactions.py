@@ -384,7 +384,8 @@ def _not_modified(entry: Entry, version: Version) -> bool:
 
 
 def _written(result: WriteResult) -> Outcome:
-    return Outcome(201 if result.created else 200, result.version.resource, result.version, location=True)
+    return Outcome(201 if result.created else 200, result.version.resource, result.version, location=True,
+                   issues=list(result.warnings) or None)
 
 
 def _rewrite(value: Any, keys: dict[str, str]) -> Any:

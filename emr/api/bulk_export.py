@@ -16,7 +16,7 @@ and `/fhir/{resource_type}/{resource_id}`.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,10 +25,9 @@ import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import FileResponse
 
-from emr.api.formats import check_acceptable
 from emr.api.pipeline import Interaction
 from emr.api.responses import ApiError, fhir_response
-from emr.api.routes import CAPABILITIES, Capability, base_url
+from emr.api.routes import base_url, operation
 from fhir_store import FhirStore
 from fhir_store.bulk.exporter import Exporter, ExportRequest, Level
 from fhir_store.bulk.jobs import ExportWorker, Job
@@ -43,31 +42,6 @@ OUTPUT_FORMATS = {NDJSON, "application/ndjson", "ndjson"}
 _SUPPORTED = {"_outputFormat", "_type", "_since", "_format", "_pretty"}
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 _FILE_NAME = re.compile(r"[A-Za-z]{1,64}\.ndjson")
-
-Handler = Callable[[Interaction], Awaitable[Response]]
-
-
-def _operation(method: str, path: str, name: str, *, resource_type: str | None = None,
-               negotiate: bool = True) -> Callable[[Handler], Handler]:
-    """Register a route for one step of `$export`, run through the Pipeline as a FHIR "operation" interaction."""
-
-    def register(handler: Handler) -> Handler:
-        async def endpoint(request: Request) -> Response:
-            it = Interaction("operation", request, resource_type, request.path_params.get("resource_id"),
-                             context={"operation": name})
-            if negotiate:  # file downloads are NDJSON, whatever Accept a client sends
-                check_acceptable(request)
-            return await request.app.state.pipeline.run(it, handler)
-
-        endpoint.__name__ = handler.__name__
-        endpoint.__doc__ = handler.__doc__
-        router.add_api_route(path, endpoint, methods=[method], name=handler.__name__, summary=f"${name}",
-                             response_class=Response)
-        if name == "export":
-            CAPABILITIES.append(Capability("export", f"operation:{resource_type or 'system'}"))
-        return handler
-
-    return register
 
 
 @asynccontextmanager
@@ -87,19 +61,19 @@ async def export_worker(app: FastAPI, store: FhirStore) -> AsyncIterator[ExportW
 
 # ---- kick-off -------------------------------------------------------------------------------
 
-@_operation("GET", "/$export", "export")
+@operation(router, "GET", "/$export", "export")
 async def export_system(it: Interaction) -> Response:
     """Export every resource (Bulk Data system-level export)."""
     return await _kick_off(it, "system")
 
 
-@_operation("GET", "/Patient/$export", "export", resource_type="Patient")
+@operation(router, "GET", "/Patient/$export", "export", resource_type="Patient")
 async def export_patients(it: Interaction) -> Response:
     """Export the compartments of every Patient (Bulk Data patient-level export)."""
     return await _kick_off(it, "patient")
 
 
-@_operation("GET", "/Group/{resource_id}/$export", "export", resource_type="Group")
+@operation(router, "GET", "/Group/{resource_id}/$export", "export", resource_type="Group")
 async def export_group(it: Interaction) -> Response:
     """Export the compartments of a Group's Patient members (Bulk Data group-level export)."""
     return await _kick_off(it, "group")
@@ -136,7 +110,7 @@ async def _kick_off(it: Interaction, level: Level) -> Response:
 
 # ---- status, cancel, files ------------------------------------------------------------------
 
-@_operation("GET", "/$export-poll-status", "export-poll-status")
+@operation(router, "GET", "/$export-poll-status", "export-poll-status", advertise=False)
 async def export_status(it: Interaction) -> Response:
     """202 with X-Progress while the export runs; the manifest (200) when done; 500 if it failed."""
     job = await _job(it)
@@ -158,7 +132,7 @@ async def export_status(it: Interaction) -> Response:
     return Response(orjson.dumps(manifest), 200, media_type="application/json")
 
 
-@_operation("DELETE", "/$export-poll-status", "export-poll-status")
+@operation(router, "DELETE", "/$export-poll-status", "export-poll-status", advertise=False)
 async def export_cancel(it: Interaction) -> Response:
     """Cancel an export: stop it if it runs, and delete the job and its files."""
     job_id = _job_id(it)
@@ -168,7 +142,8 @@ async def export_cancel(it: Interaction) -> Response:
     return fhir_response(_information(f"Export {job_id} cancelled; its files are deleted"), 202)
 
 
-@_operation("GET", "/$export-file/{job_id}/{file_name}", "export-file", negotiate=False)
+@operation(router, "GET", "/$export-file/{job_id}/{file_name}", "export-file", advertise=False,
+           negotiate=False)
 async def export_file(it: Interaction) -> Response:
     """One NDJSON file of a completed export, streamed from disk."""
     job_id, file_name = it.request.path_params["job_id"], it.request.path_params["file_name"]

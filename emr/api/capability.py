@@ -24,6 +24,11 @@ OPERATION_DEFINITIONS = {
     ("export", "system"): "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
     ("export", "Patient"): "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
     ("export", "Group"): "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
+    ("lookup", "CodeSystem"): "http://hl7.org/fhir/OperationDefinition/CodeSystem-lookup",
+    ("validate-code", "CodeSystem"): "http://hl7.org/fhir/OperationDefinition/CodeSystem-validate-code",
+    ("expand", "ValueSet"): "http://hl7.org/fhir/OperationDefinition/ValueSet-expand",
+    ("validate-code", "ValueSet"): "http://hl7.org/fhir/OperationDefinition/ValueSet-validate-code",
+    ("translate", "ConceptMap"): "http://hl7.org/fhir/OperationDefinition/ConceptMap-translate",
 }
 
 

@@ -8,6 +8,7 @@ generated from the routes that really exist. Every route runs through the
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +29,8 @@ from fhir_store.search.engine import parse_request
 from fhir_store.transactions import BundleProcessor
 
 router = APIRouter(prefix="/fhir")
+#: Response header carrying the OperationOutcome of a write kept with warnings (HAPI uses the same name).
+VALIDATION_HEADER = "X-FHIR-Request-Validation"
 
 
 @dataclass(frozen=True)
@@ -49,22 +52,57 @@ def interaction(method: str, path: str, code: str, level: str,
     """Register `handler` as the route for one FHIR interaction."""
 
     def register(handler: Handler) -> Handler:
-        async def endpoint(request: Request) -> Response:
+        def make(request: Request) -> Interaction:
             params = request.path_params
-            it = Interaction(code, request, params.get("resource_type"), params.get("resource_id"),
-                             params.get("version_id"), conditional=conditional)
-            check_acceptable(request)
-            return await request.app.state.pipeline.run(it, handler)
+            return Interaction(code, request, params.get("resource_type"), params.get("resource_id"),
+                               params.get("version_id"), conditional=conditional)
 
-        endpoint.__name__ = handler.__name__
-        endpoint.__doc__ = handler.__doc__
         for route_path in (path, "/") if path == "" else (path,):  # the base answers with or without "/"
-            router.add_api_route(route_path, endpoint, methods=[method], name=handler.__name__, summary=code,
-                                 response_class=Response, include_in_schema=route_path == path)
+            _add_route(router, method, route_path, handler, make, summary=code,
+                       include_in_schema=route_path == path)
         CAPABILITIES.append(Capability(code, level, conditional))
         return handler
 
     return register
+
+
+def operation(on: APIRouter, method: str, path: str, name: str, *, resource_type: str | None = None,
+              advertise: bool = True, negotiate: bool = True) -> Callable[[Handler], Handler]:
+    """Register `handler` as (one step of) the FHIR operation `$name`, on a router included before this one.
+
+    Operation paths (`/fhir/CodeSystem/$lookup`) would otherwise be taken for `/{resource_type}/{id}`.
+    `advertise` lists the operation in the CapabilityStatement (steps such as status polling are not).
+    """
+
+    def register(handler: Handler) -> Handler:
+        def make(request: Request) -> Interaction:
+            return Interaction("operation", request, resource_type, request.path_params.get("resource_id"),
+                               context={"operation": name})
+
+        _add_route(on, method, path, handler, make, summary=f"${name}", negotiate=negotiate)
+        if advertise:
+            level = f"operation:{resource_type or 'system'}"
+            if all(c.code != name or c.level != level for c in CAPABILITIES):
+                CAPABILITIES.append(Capability(name, level))
+        return handler
+
+    return register
+
+
+def _add_route(on: APIRouter, method: str, path: str, handler: Handler, make: Callable[[Request], Interaction],
+               *, summary: str, include_in_schema: bool = True, negotiate: bool = True) -> None:
+    """The one way a route is added: build the Interaction, negotiate the format, run the Pipeline."""
+
+    async def endpoint(request: Request) -> Response:
+        it = make(request)
+        if negotiate:  # file downloads answer in their own format, whatever Accept says
+            check_acceptable(request)
+        return await request.app.state.pipeline.run(it, handler)
+
+    endpoint.__name__ = handler.__name__
+    endpoint.__doc__ = handler.__doc__
+    on.add_api_route(path, endpoint, methods=[method], name=handler.__name__, summary=summary,
+                     response_class=Response, include_in_schema=include_in_schema)
 
 
 # ---- helpers --------------------------------------------------------------------------------
@@ -122,11 +160,14 @@ def _write_response(it: Interaction, result: WriteResult, message: str) -> Respo
         headers["Content-Location"] = location
     prefer = _prefer_return(it)
     pretty = is_pretty(it.request)
+    if result.warnings:
+        # Kept despite problems (terminology in warn mode): said in a header whatever the body is, as HAPI does.
+        headers[VALIDATION_HEADER] = json.dumps(operation_outcome(list(result.warnings)), ensure_ascii=True)
     if prefer == "minimal":
         return fhir_response(None, status, headers)
     if prefer == "OperationOutcome":
-        outcome = operation_outcome([Issue("informational", message, severity="information")])
-        return fhir_response(outcome, status, headers, pretty=pretty)
+        issues = [Issue("informational", message, severity="information"), *result.warnings]
+        return fhir_response(operation_outcome(issues), status, headers, pretty=pretty)
     return fhir_response(version.resource, status, headers, pretty=pretty)
 
 

@@ -67,13 +67,12 @@ async def _run(settings: Any, request: ExportRequest, out: Path, settle: timedel
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     from emr.database import open_database
-    from fhir_store import FhirStore
+    from emr.services import open_services
     from fhir_store.bulk.exporter import Exporter
     from fhir_store.documents import format_instant, now
 
     async with open_database(settings) as db:
-        store = FhirStore(db)
-        await store.ensure_indexes()  # the export walks them
+        store = (await open_services(db, settings)).store  # indexes too: the export walks them
         exporter = Exporter(store)
         at = now()
         console = Console(stderr=True)

@@ -124,13 +124,12 @@ async def _run(settings: Any, paths: list[Path], concurrency: int, errors: _Erro
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
     from emr.database import open_database
-    from fhir_store import FhirStore
+    from emr.services import open_services
     from fhir_store.bulk.importer import BulkImporter
 
     try:
         async with open_database(settings) as db:
-            store = FhirStore(db)
-            await store.ensure_indexes()
+            store = (await open_services(db, settings)).store
             console = Console(stderr=True)
             columns = (TextColumn("importing"), BarColumn(), TaskProgressColumn(),
                        TextColumn("{task.fields[resources]:>9,} resources  {task.fields[rate]:>6,.0f}/s  ETA"),

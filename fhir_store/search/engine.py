@@ -22,7 +22,7 @@ from fhir_store.compartments import compartment_params
 from fhir_store.documents import version_from_document
 from fhir_store.errors import InvalidSearch, Issue
 from fhir_store.model import Version
-from fhir_store.search.query import Clause, Filter, QueryBuilder, TypeQuery, match_stages
+from fhir_store.search.query import Clause, Filter, QueryBuilder, Terminology, TypeQuery, match_stages
 from fhir_store.search.registry import Registry
 
 #: Query parameters that shape the result rather than select resources.
@@ -143,11 +143,14 @@ class SearchEngine:
     def __init__(self, registry: Registry, resources: AsyncCollection[dict[str, Any]]) -> None:
         self.registry = registry
         self.resources = resources
+        #: Set by the terminology service when attached; token `:in`, `:below`, … need it.
+        self.terminology: Terminology | None = None
 
     async def queries(self, request: SearchRequest, issues: list[Issue],
                       compartment: tuple[str, str] | None = None,
                       session: AsyncClientSession | None = None) -> list[TypeQuery]:
-        builder = QueryBuilder(self.registry, self.resources, request.local_base, session=session)
+        builder = QueryBuilder(self.registry, self.resources, request.local_base, session=session,
+                               terminology=self.terminology)
         queries = await builder.build(request.types, request.criteria, strict=request.strict, issues=issues)
         if compartment is not None:
             owner = f"{compartment[0]}/{compartment[1]}"

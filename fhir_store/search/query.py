@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Protocol
 
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
@@ -64,6 +64,20 @@ def split_values(raw: str) -> list[str]:
     return [v for v in _SPLIT_COMMA.split(raw)]
 
 
+class Terminology(Protocol):
+    """What token modifiers need from the terminology service (`fhir_store.terminology`)."""
+
+    async def codes_in(self, canonical: str) -> list[tuple[str, str]]: ...
+
+    async def codes_below(self, system: str | None, code: str, *, above: bool = False) -> list[tuple[str, str]]: ...
+
+    async def codes_matching(self, text: str) -> list[tuple[str, str]]: ...
+
+
+#: Token modifiers answered with codes from the terminology service.
+TERMINOLOGY_MODIFIERS = ("in", "not-in", "below", "above", "text")
+
+
 @dataclass
 class QueryBuilder:
     registry: Registry
@@ -71,6 +85,7 @@ class QueryBuilder:
     local_base: str | None = None
     stage_cap: int = 10_000
     session: AsyncClientSession | None = None
+    terminology: Terminology | None = None
 
     async def build(self, types: list[str], criteria: list[tuple[str, str]], *, strict: bool,
                     issues: list[Issue]) -> list[TypeQuery]:
@@ -104,7 +119,38 @@ class QueryBuilder:
             raise InvalidSearch(f"Unknown search parameter '{code}' for {rtype}")
         if dot:
             return await self._chain(param, modifier if colon else None, rest, raw, issues)
+        if param.type == "token" and modifier in TERMINOLOGY_MODIFIERS and self.terminology is not None:
+            return await self._terminology(self.terminology, param, modifier, raw)
         return self.condition(param, modifier if colon else None, raw)
+
+    async def _terminology(self, terminology: Terminology, param: SearchParam, modifier: str, raw: str) -> Clause:
+        """`:in`/`:not-in` a value set, `:below`/`:above` a code, `:text` also matching the codes' titles."""
+        field = f"ix.{param.code}"
+        values = split_values(raw)
+        if not values or any(v == "" for v in values):
+            raise InvalidSearch(f"Search parameter '{param.code}' has an empty value")
+        alternatives: list[Clause] = []
+        for value in values:
+            if modifier in ("in", "not-in"):
+                codes = await terminology.codes_in(unescape(value))
+            elif modifier == "text":
+                codes = await terminology.codes_matching(unescape(value))
+            else:
+                parts = _SPLIT_PIPE.split(value)
+                if len(parts) > 2 or not parts[-1]:
+                    raise InvalidSearch(f"{param.code}:{modifier} takes [system|]code, not '{value}'")
+                system = unescape(parts[0]) if len(parts) == 2 and parts[0] else None
+                codes = await terminology.codes_below(system, unescape(parts[-1]), above=modifier == "above")
+            tokens = sorted({f"{system}|{code}" if system else code for system, code in codes})
+            cond: Filter = {field: {"$in": tokens}}
+            if modifier == "text":
+                alternatives.append(any_of([_token(self, param, "text", value, field), Clause(cond, None)]))
+            else:
+                alternatives.append(Clause(cond, cond))
+        clause = any_of(alternatives)
+        if modifier == "not-in":
+            return Clause({"$nor": [clause.exact]})
+        return clause
 
     # ---- one parameter, several OR-ed values ------------------------------------------------
 

@@ -26,10 +26,11 @@ SPEC_FILE = Path(__file__).resolve().parent.parent / "spec" / "search-parameters
 #: Parameters answered from top-level document fields rather than `ix`.
 SPECIAL_FIELDS = {"_id": "id", "_lastUpdated": "ts"}
 
-#: Modifiers accepted per parameter type (terminology-backed ones come with the terminology issue).
+#: Modifiers accepted per parameter type. Token `in`, `not-in`, `below`, `above` (and `text` on code
+#: titles) need the terminology service (`fhir_store.terminology`) attached to the store.
 MODIFIERS: dict[str, tuple[str, ...]] = {
     "string": ("missing", "exact", "contains"),
-    "token": ("missing", "not", "text", "of-type"),
+    "token": ("missing", "not", "text", "of-type", "in", "not-in", "below", "above"),
     "reference": ("missing", "identifier", "[type]"),
     "date": ("missing",),
     "number": ("missing",),

@@ -1,0 +1,218 @@
+"""Terminology operations: `$lookup`, `$validate-code`, `$expand`, `$translate`.
+
+Each takes its parameters from the query string (GET) or a `Parameters` body
+(POST, needed for inline value sets and codings), and answers with what
+`fhir_store.terminology.TerminologyService` returns. This router is included
+before the main one, whose `/{resource_type}/{resource_id}` would otherwise
+take `/CodeSystem/$lookup` for a read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from emr.api.formats import is_pretty, read_json
+from emr.api.pipeline import Interaction
+from emr.api.responses import ApiError, fhir_response
+from emr.api.routes import operation
+from fhir_store.terminology import TerminologyService
+
+router = APIRouter(prefix="/fhir")
+
+
+@dataclass
+class OperationInput:
+    """An operation's named parameters: strings, and (POST only) resources and complex values."""
+
+    values: dict[str, list[Any]] = field(default_factory=dict)
+
+    def text(self, name: str) -> str | None:
+        found = self.values.get(name)
+        value = found[0] if found else None
+        if value is not None and not isinstance(value, (str, int, bool)):
+            raise ApiError(400, f"Parameter '{name}' must be a simple value")
+        return None if value is None else str(value)
+
+    def number(self, name: str) -> int | None:
+        value = self.text(name)
+        if value is None:
+            return None
+        if not value.lstrip("-").isdigit():
+            raise ApiError(400, f"Parameter '{name}' must be a whole number; got '{value}'")
+        return int(value)
+
+    def flag(self, name: str) -> bool:
+        value = self.text(name)
+        if value not in (None, "true", "false", "True", "False"):
+            raise ApiError(400, f"Parameter '{name}' must be true or false; got '{value}'")
+        return value in ("true", "True")
+
+    def complex(self, name: str) -> dict[str, Any] | None:
+        found = self.values.get(name)
+        value = found[0] if found else None
+        if value is not None and not isinstance(value, dict):
+            raise ApiError(400, f"Parameter '{name}' must be a {name} object, sent with POST in a Parameters body")
+        return value
+
+
+async def _input(it: Interaction) -> OperationInput:
+    out = OperationInput()
+    for key, value in it.request.query_params.multi_items():
+        if not key.startswith("_"):
+            out.values.setdefault(key, []).append(value)
+    if it.request.method == "POST":
+        body = await read_json(it.request, it.request.app.state.settings.max_body_bytes)
+        if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+            raise ApiError(400, "A POSTed operation takes a Parameters resource")
+        for param in body.get("parameter", []):
+            if not isinstance(param, dict) or not isinstance(param.get("name"), str):
+                raise ApiError(400, "Every Parameters.parameter needs a name")
+            values = [v for k, v in param.items() if k.startswith("value")] or (
+                [param["resource"]] if "resource" in param else [])
+            out.values.setdefault(param["name"], []).extend(values)
+    return out
+
+
+def _service(it: Interaction) -> TerminologyService:
+    service: TerminologyService = it.request.app.state.terminology
+    return service
+
+
+def _language(it: Interaction, params: OperationInput) -> str | None:
+    """`displayLanguage`, else the first language of `Accept-Language`."""
+    wanted = params.text("displayLanguage")
+    if wanted:
+        return wanted
+    header = it.request.headers.get("accept-language", "")
+    first = header.split(",")[0].split(";")[0].strip()
+    return first if first and first != "*" else None
+
+
+def _answer(it: Interaction, body: dict[str, Any]) -> Response:
+    return fhir_response(body, pretty=is_pretty(it.request))
+
+
+# ---- CodeSystem -------------------------------------------------------------------------------
+
+async def _lookup(it: Interaction) -> Response:
+    """The display (in `displayLanguage`), designations and properties of one code."""
+    params = await _input(it)
+    coding = params.complex("coding") or {}
+    system = params.text("system") or coding.get("system")
+    code = params.text("code") or coding.get("code")
+    version = params.text("version") or coding.get("version")
+    result = await _service(it).lookup(system, code, version=version, display_language=_language(it, params))
+    return _answer(it, result)
+
+
+async def _validate_in_system(it: Interaction) -> Response:
+    """Is this code in the code system (the one at this id, or `url`)? With `display`, is that its title?"""
+    params = await _input(it)
+    service = _service(it)
+    url = params.text("url") or params.text("system")
+    version = params.text("version")
+    if it.resource_id is not None:
+        entry = await service.catalog.by_id("CodeSystem", it.resource_id)
+        if entry is None:
+            await it.request.app.state.store.read("CodeSystem", it.resource_id)  # 404 / 410 with the store's words
+            raise ApiError(404, f"CodeSystem/{it.resource_id} has no url, so it cannot validate codes", "not-found")
+        url, version = entry.url, entry.version
+    return await _validate(it, params, service, url, version, None)
+
+
+async def _validate(it: Interaction, params: OperationInput, service: TerminologyService, system: str | None,
+                    version: str | None, value_set: dict[str, Any] | None) -> Response:
+    language = _language(it, params)
+    concept = params.complex("codeableConcept")
+    if concept is not None:
+        codings = concept.get("coding") or []
+        if not codings:
+            raise ApiError(400, "codeableConcept has no coding to validate")
+        answers = [await service.validate_code(c.get("system"), c.get("code"), version=c.get("version"),
+                                               display=c.get("display"), value_set=value_set,
+                                               display_language=language) for c in codings]
+        good = [a for a in answers if a["parameter"][0]["valueBoolean"]]
+        return _answer(it, good[0] if good else answers[0])
+    coding = params.complex("coding") or {}
+    result = await service.validate_code(
+        system or coding.get("system"), params.text("code") or coding.get("code"),
+        version=version or coding.get("version"), display=params.text("display") or coding.get("display"),
+        value_set=value_set, display_language=language)
+    return _answer(it, result)
+
+
+for _method in ("GET", "POST"):
+    operation(router, _method, "/CodeSystem/$lookup", "lookup", resource_type="CodeSystem")(_lookup)
+    operation(router, _method, "/CodeSystem/$validate-code", "validate-code",
+              resource_type="CodeSystem")(_validate_in_system)
+    operation(router, _method, "/CodeSystem/{resource_id}/$validate-code", "validate-code",
+              resource_type="CodeSystem")(_validate_in_system)
+
+
+# ---- ValueSet ---------------------------------------------------------------------------------
+
+async def _value_set(it: Interaction, params: OperationInput) -> dict[str, Any]:
+    inline = params.complex("valueSet")
+    if inline is not None:
+        return inline
+    store = it.request.app.state.store
+    if it.resource_id is not None:
+        return (await store.read("ValueSet", it.resource_id)).resource or {}
+    url = params.text("url")
+    if not url:
+        raise ApiError(400, "Name the value set: /ValueSet/[id]/$…, or the url parameter, or valueSet (POST)")
+    found = await _service(it).value_set(url)
+    if found is None:
+        raise ApiError(404, f"No ValueSet with url {url} is loaded", "not-found")
+    return found
+
+
+async def _expand(it: Interaction) -> Response:
+    """The value set's codes; `filter` matches words of the titles (accents ignored) or a code prefix."""
+    params = await _input(it)
+    vs = await _value_set(it, params)
+    settings = it.request.app.state.settings
+    count = params.number("count")
+    result = await _service(it).expand(
+        value_set=vs, text=params.text("filter"), offset=params.number("offset") or 0,
+        count=min(count if count is not None else settings.default_page_size, settings.max_page_size),
+        active_only=params.flag("activeOnly"), exclude_not_for_ui=params.flag("excludeNotForUI"),
+        display_language=_language(it, params), include_designations=params.flag("includeDesignations"))
+    return _answer(it, result)
+
+
+async def _validate_in_value_set(it: Interaction) -> Response:
+    """Is this code (coding, codeableConcept) in the value set?"""
+    params = await _input(it)
+    vs = await _value_set(it, params)
+    return await _validate(it, params, _service(it), params.text("system"), params.text("systemVersion"), vs)
+
+
+for _method in ("GET", "POST"):
+    operation(router, _method, "/ValueSet/$expand", "expand", resource_type="ValueSet")(_expand)
+    operation(router, _method, "/ValueSet/{resource_id}/$expand", "expand", resource_type="ValueSet")(_expand)
+    operation(router, _method, "/ValueSet/$validate-code", "validate-code",
+              resource_type="ValueSet")(_validate_in_value_set)
+    operation(router, _method, "/ValueSet/{resource_id}/$validate-code", "validate-code",
+              resource_type="ValueSet")(_validate_in_value_set)
+
+
+# ---- ConceptMap -------------------------------------------------------------------------------
+
+async def _translate(it: Interaction) -> Response:
+    """What a code maps to, e.g. an old (pre-July-2025) commune to the commune that replaced it."""
+    params = await _input(it)
+    coding = params.complex("coding") or {}
+    result = await _service(it).translate(
+        resource_id=it.resource_id, url=params.text("url"), system=params.text("system") or coding.get("system"),
+        code=params.text("code") or coding.get("code"), target=params.text("targetsystem") or params.text("target"))
+    return _answer(it, result)
+
+
+for _method in ("GET", "POST"):
+    operation(router, _method, "/ConceptMap/$translate", "translate", resource_type="ConceptMap")(_translate)
+    operation(router, _method, "/ConceptMap/{resource_id}/$translate", "translate",
+              resource_type="ConceptMap")(_translate)

@@ -1,0 +1,8 @@
+"""Terminology: code systems, value sets and concept maps kept as FHIR resources, and the operations on them.
+
+See docs/terminology.md for the lists shipped and docs/architecture.md for how the pieces fit.
+"""
+
+from fhir_store.terminology.service import TerminologyService, ValidationMode
+
+__all__ = ["TerminologyService", "ValidationMode"]
