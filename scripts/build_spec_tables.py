@@ -2,7 +2,12 @@
 
 - required_bindings.json: the codes of every required binding on a `code` element;
 - compartments.json: the CompartmentDefinitions (which parameters put a resource in
-  a patient's, encounter's, ... compartment), for compartment search and $everything.
+  a patient's, encounter's, ... compartment), for compartment search and $everything;
+- ../terminology/data/fhir-r4b-required.json.gz: a gzip-compressed FHIR Bundle
+  (type collection) of every ValueSet a required binding of a resource or
+  complex type points to (on code, Coding and CodeableConcept elements alike),
+  every ValueSet those import, and every CodeSystem of the package that they
+  name, with the `text` narrative dropped; it is byte-for-byte reproducible.
 
 The `fhir.resources` models carry `enum_values` parsed from element titles, and
 those are incomplete ("registered | preliminary | final | amended +" leaves out
@@ -16,6 +21,7 @@ Usage: npm pack hl7.fhir.r4b.core@4.3.0 && tar xzf hl7.fhir.r4b.core-4.3.0.tgz
 
 from __future__ import annotations
 
+import gzip
 import json
 import sys
 from pathlib import Path
@@ -25,6 +31,8 @@ from fhir_store.resource_types import resource_types
 
 SPEC = Path(__file__).resolve().parent.parent / "fhir_store" / "spec"
 OUT = SPEC / "required_bindings.json"
+TERMINOLOGY = SPEC.parent / "terminology" / "data" / "fhir-r4b-required.json.gz"
+MAX_RESOURCE_BYTES = 2 * 1024 * 1024
 
 
 def load(folder: Path, prefix: str) -> list[dict[str, Any]]:
@@ -127,6 +135,83 @@ def compartments(folder: Path) -> None:
     print(f"{len(table)} compartment definitions written")
 
 
+def required_terminology(folder: Path) -> None:
+    """Write the value sets of the spec's required bindings, and their code systems, as one Bundle."""
+    from fhir_store.errors import InvalidResource
+    from fhir_store.validation import validate_resource
+
+    code_systems = {cs["url"]: cs for cs in load(folder, "CodeSystem")}
+    value_sets = {vs["url"]: vs for vs in load(folder, "ValueSet")}
+
+    bound: set[str] = set()
+    for sd in load(folder, "StructureDefinition"):
+        if sd.get("derivation") != "specialization" or sd.get("kind") not in ("resource", "complex-type"):
+            continue
+        for el in sd["snapshot"]["element"]:
+            binding = el.get("binding", {})
+            if binding.get("strength") == "required" and "valueSet" in binding:
+                bound.add(binding["valueSet"].split("|")[0])
+
+    # Close over compose.include/exclude[].valueSet; collect the systems they name.
+    wanted_vs: set[str] = set()
+    missing_vs: set[str] = set()
+    systems: set[str] = set()
+    todo = sorted(bound)
+    while todo:
+        url = todo.pop()
+        if url in wanted_vs or url in missing_vs:
+            continue
+        vs = value_sets.get(url)
+        if vs is None:
+            missing_vs.add(url)
+            continue
+        wanted_vs.add(url)
+        compose = vs.get("compose", {})
+        for part in compose.get("include", []) + compose.get("exclude", []):
+            if part.get("system"):
+                systems.add(part["system"].split("|")[0])
+            todo += [ref.split("|")[0] for ref in part.get("valueSet", [])]
+    wanted_cs = {url for url in systems if url in code_systems}
+
+    resources = [value_sets[url] for url in wanted_vs] + [code_systems[url] for url in wanted_cs]
+    resources = [{k: v for k, v in r.items() if k != "text"} for r in resources]
+    resources.sort(key=lambda r: (r["resourceType"], r["url"]))
+
+    kept: list[dict[str, Any]] = []
+    left_out: list[str] = []
+    seen_ids: set[tuple[str, str]] = set()
+    for r in resources:
+        name = f"{r['resourceType']}/{r['id']} ({r['url']})"
+        size = len(json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode())
+        key = (r["resourceType"], r["id"])
+        try:
+            validate_resource(r)
+        except InvalidResource as exc:
+            left_out.append(f"{name}: " + "; ".join(i.diagnostics for i in exc.issues))
+            continue
+        if key in seen_ids:
+            left_out.append(f"{name}: duplicate id")
+            continue
+        if size > MAX_RESOURCE_BYTES:
+            left_out.append(f"{name}: {size} bytes of JSON")
+            continue
+        seen_ids.add(key)
+        kept.append(r)
+
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in kept]}
+    raw = json.dumps(bundle, ensure_ascii=False, separators=(",", ":")).encode()
+    TERMINOLOGY.parent.mkdir(parents=True, exist_ok=True)
+    TERMINOLOGY.write_bytes(gzip.compress(raw, compresslevel=9, mtime=0))
+    n_vs = sum(r["resourceType"] == "ValueSet" for r in kept)
+    print(f"{n_vs} ValueSets and {len(kept) - n_vs} CodeSystems written to {TERMINOLOGY} "
+          f"({TERMINOLOGY.stat().st_size} bytes, {len(raw)} uncompressed) from {len(bound)} required bindings")
+    if missing_vs:
+        print(f"{len(missing_vs)} bound or imported value sets are not in the package: {', '.join(sorted(missing_vs))}")
+    for line in left_out:
+        print(f"left out: {line}")
+
+
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
     compartments(Path(sys.argv[1]))
+    required_terminology(Path(sys.argv[1]))

@@ -20,8 +20,6 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Code systems, value sets and concept maps: ICD-10, national lists, FHIR's own.",
                   no_args_is_help=True, rich_markup_mode=None)
 
-SHIPPED = Path(__file__).resolve().parent.parent.parent / "fhir_store" / "terminology" / "data"
-
 
 @app.command()
 def load(
@@ -52,7 +50,7 @@ def load(
     same edition again updates it in place, as a new version of the resource.
     """
     from emr.settings import get_settings
-    from fhir_store.terminology.sources import SourceError, read
+    from fhir_store.terminology.sources import SHIPPED, SourceError, read
 
     where = path or SHIPPED
     try:

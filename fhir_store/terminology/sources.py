@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+#: The lists shipped with the EMR (`emr terminology load` without a path).
+SHIPPED = Path(__file__).resolve().parent / "data"
 #: Canonical base of the lists this project defines, until a national body publishes URLs for them.
 EMR_CANONICAL = "https://emr.angiang.vn/fhir"
 
