@@ -7,7 +7,7 @@ metadata are parsed from element titles, so they are sometimes incomplete
 (`Observation.status` lacks `cancelled`). A second pass therefore walks the
 validated model and checks each `code` element against the value set the spec
 binds it to, expanded from the spec package into `spec/required_bindings.json`
-(see `scripts/build_required_bindings.py`). Every problem is reported with its
+(see `scripts/build_spec_tables.py`). Every problem is reported with its
 FHIRPath-style element path.
 """
 
