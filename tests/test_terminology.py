@@ -472,3 +472,42 @@ def test_load_refuses_a_file_it_does_not_know(database: str, mongo_uri: str, tmp
     run = emr_cli(database, mongo_uri, "terminology", "load", str(strange))
     assert run.returncode == 2
     assert "list.csv" in run.stderr and "not a list this loader knows" in run.stderr
+
+
+# ---- FHIR's own value sets, on real records ------------------------------------------------------
+
+def test_fhir_required_value_sets_are_loaded(fhir_warn: httpx.Client) -> None:
+    gender = expand(fhir_warn, "administrative-gender")
+    assert {c["code"] for c in gender["contains"]} == {"male", "female", "other", "unknown"}
+    url = "http://hl7.org/fhir/ValueSet/condition-clinical"
+    ok = fhir_warn.get("/ValueSet/$validate-code", params={"url": url, "code": "resolved",
+                                                            "system": CLINICAL})
+    assert param(ok.json(), "result") is True
+    bad = fhir_warn.get("/ValueSet/$validate-code", params={"url": url, "code": "cured", "system": CLINICAL})
+    assert param(bad.json(), "result") is False
+
+
+CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+
+
+def test_synthea_records_pass_reject_mode_and_search_by_value_set(fhir_reject: httpx.Client) -> None:
+    """A whole Synthea record is written in reject mode (its FHIR codes all exist), then searched by them."""
+    from tests.synthea import bundle_file, resources
+
+    records = [r for r in resources(bundle_file("Rachael_McDermott")) if r["resourceType"] in ("Patient", "Condition")]
+    for resource in records:
+        answer = fhir_reject.put(f"/{resource['resourceType']}/{resource['id']}", json=resource)
+        assert answer.status_code in (200, 201), answer.text
+    pid = next(r["id"] for r in records if r["resourceType"] == "Patient")
+    conditions = [r for r in records if r["resourceType"] == "Condition"]
+    active = {r["id"] for r in conditions if r["clinicalStatus"]["coding"][0]["code"] == "active"}
+    assert active and len(active) < len(conditions)
+
+    def ids(**criteria: str) -> set[str]:
+        found = fhir_reject.get("/Condition", params={"patient": pid, "_count": "500", **criteria}).json()
+        return {e["resource"]["id"] for e in found.get("entry", []) if e["search"]["mode"] == "match"}
+
+    everyone = {r["id"] for r in conditions}
+    assert ids(**{"clinical-status:in": "http://hl7.org/fhir/ValueSet/condition-clinical"}) == everyone
+    assert ids(**{"clinical-status:not-in": "http://hl7.org/fhir/ValueSet/condition-clinical"}) == set()
+    assert ids(**{"clinical-status:below": f"{CLINICAL}|active"}) == active  # active, recurrence, relapse

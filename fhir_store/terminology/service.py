@@ -333,14 +333,17 @@ class TerminologyService:
         if not codings:
             return []
         systems = {c["system"] for _, c in codings}
-        held = {e.url for e in await self.catalog.all("CodeSystem", urls=systems, latest=True)}
+        held = {e.url: e for e in await self.catalog.all("CodeSystem", urls=systems, latest=True)}
         errors: list[Issue] = []
         warnings: list[Issue] = []
         for path, coding in codings:
-            if coding["system"] not in held:
+            latest = held.get(coding["system"])
+            if latest is None:
                 continue
-            canonical = coding["system"] + (f"|{coding['version']}" if coding.get("version") else "")
-            index = await self.code_system(canonical)
+            if coding.get("version") and coding["version"] != latest.version:
+                index = await self.code_system(f"{coding['system']}|{coding['version']}")
+            else:
+                index = await self.index(latest)
             if index is None:
                 warnings.append(Issue("code-invalid", f"{path}: version {coding.get('version')} of "
                                       f"{coding['system']} is not loaded here, so the code was not checked",
