@@ -511,3 +511,16 @@ def test_synthea_records_pass_reject_mode_and_search_by_value_set(fhir_reject: h
     assert ids(**{"clinical-status:in": "http://hl7.org/fhir/ValueSet/condition-clinical"}) == everyone
     assert ids(**{"clinical-status:not-in": "http://hl7.org/fhir/ValueSet/condition-clinical"}) == set()
     assert ids(**{"clinical-status:below": f"{CLINICAL}|active"}) == active  # active, recurrence, relapse
+
+
+def test_reindex_rebuilds_a_lost_catalog(database: str, mongo_uri: str, fhir_warn: httpx.Client) -> None:
+    from pymongo import MongoClient
+
+    with MongoClient(mongo_uri) as client:
+        before = client[database]["terminology"].count_documents({})
+        client[database]["terminology"].delete_many({"kind": "ValueSet"})
+    assert fhir_warn.get("/ValueSet/$expand", params={"url": f"{EMR_VS}/icd10-vn"}).status_code == 404
+    run = emr_cli(database, mongo_uri, "terminology", "reindex")
+    assert run.returncode == 0, run.stderr
+    assert f"{before} terminology resources" in run.stdout
+    assert fhir_warn.get("/ValueSet/$expand", params={"url": f"{EMR_VS}/icd10-vn"}).status_code == 200

@@ -134,6 +134,26 @@ def list_(
     Console(file=sys.stdout).print(table)
 
 
+@app.command()
+def reindex() -> None:
+    """Rebuild the terminology catalog from the stored CodeSystem, ValueSet and ConceptMap resources.
+
+    The catalog is kept up to date by every write; this is for a database restored without it.
+    """
+    from emr.settings import get_settings
+
+    count = asyncio.run(_reindex(get_settings()))
+    typer.echo(f"catalog rebuilt: {count} terminology resources")
+
+
+async def _reindex(settings: Any) -> int:
+    from emr.database import open_database
+    from emr.services import open_services
+
+    async with open_database(settings) as db:
+        return await (await open_services(db, settings)).terminology.rebuild_catalog()
+
+
 async def _catalog(settings: Any) -> list[Any]:
     from emr.database import open_database
     from emr.services import open_services

@@ -6,7 +6,7 @@ catalog (collection `terminology`) holds just what resolving a canonical URL
 needs (url, version, date, the resource's key and version id), kept in step by
 a store observer inside the same session as the write, so it is never staler
 than the resources it describes. `emr terminology reindex` rebuilds it from
-`resources` should it ever be lost.
+`resources` should it ever be lost (e.g. a restore without it).
 """
 
 from __future__ import annotations

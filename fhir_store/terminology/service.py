@@ -22,7 +22,7 @@ from typing import Any, Literal
 from fhir_store.documents import format_instant
 from fhir_store.errors import InvalidRequest, InvalidResource, Issue, ResourceNotFound, SearchTooCostly
 from fhir_store.store import FhirStore
-from fhir_store.terminology.catalog import Catalog, Entry
+from fhir_store.terminology.catalog import KINDS, Catalog, Entry
 from fhir_store.terminology.concepts import CodeSystemIndex, Concept, same_language
 from fhir_store.terminology.expansion import Expander, Item
 from fhir_store.terminology.sources import ICD10_VN, ICD10_WHO
@@ -56,6 +56,16 @@ class TerminologyService:
 
     async def ensure_indexes(self) -> None:
         await self.catalog.ensure_indexes()
+
+    async def rebuild_catalog(self) -> int:
+        """Re-derive the catalog from the stored resources (after restoring a database without it)."""
+        seen: list[str] = []
+        for kind in KINDS:
+            async for version in self.store.iter_current(kind):
+                await self.catalog.observe(version, None)
+                seen.append(f"{kind}/{version.id}")
+        await self.catalog.entries.delete_many({"_id": {"$nin": seen}})  # entries of resources no longer there
+        return len(seen)
 
     # ---- resolving resources ------------------------------------------------------------------
 
