@@ -134,7 +134,10 @@ class QueryBuilder:
             if modifier in ("in", "not-in"):
                 codes = await terminology.codes_in(unescape(value))
             elif modifier == "text":
-                codes = await terminology.codes_matching(unescape(value))
+                try:
+                    codes = await terminology.codes_matching(unescape(value))
+                except SearchTooCostly:  # a word or two matching half the lists: the record's own text only
+                    codes = []
             else:
                 parts = _SPLIT_PIPE.split(value)
                 if len(parts) > 2 or not parts[-1]:
