@@ -51,7 +51,7 @@ from fhir_store.model import HistoryCursor, HistoryPage, Operation, Version, Wri
 from fhir_store.resource_types import model_class
 from fhir_store.search.engine import SearchEngine, SearchRequest, SearchResult
 from fhir_store.search.registry import Registry, registry
-from fhir_store.validation import validate_resource
+from fhir_store.validation import nfc_json, validate_resource
 
 Criteria = tuple[tuple[str, str], ...]
 #: Runs before a validated resource is written: raises a StoreError to refuse it, returns warnings to keep it.
@@ -205,12 +205,20 @@ class FhirStore:
         An update that changes nothing but server-owned meta makes no new version.
         """
         check_id(resource_id)
-        data = validate_resource(resource, expected_type=resource_type)
-        if data.get("id") is None:
-            raise InvalidResource("An update must carry the resource's id in the body")
-        if data["id"] != resource_id:
-            raise InvalidRequest(f"The body's id '{data['id']}' does not match the URL's id '{resource_id}'")
-        return await self._write(resource_type, resource_id, lambda _cur: data, if_match, session)
+
+        def make(current: Version | None) -> dict[str, Any]:
+            if current is not None and current.resource is not None and isinstance(resource, dict):
+                same = nfc_json(resource)
+                if _content(same) == _content(current.resource):
+                    return same  # identical to a version already validated: re-sends stay cheap
+            data = validate_resource(resource, expected_type=resource_type)
+            if data.get("id") is None:
+                raise InvalidResource("An update must carry the resource's id in the body")
+            if data["id"] != resource_id:
+                raise InvalidRequest(f"The body's id '{data['id']}' does not match the URL's id '{resource_id}'")
+            return data
+
+        return await self._write(resource_type, resource_id, make, if_match, session)
 
     async def conditional_update(self, resource: Any, *, resource_type: str, criteria: str,
                                  if_match: int | None = None,
