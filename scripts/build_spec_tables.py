@@ -3,6 +3,8 @@
 - required_bindings.json: the codes of every required binding on a `code` element;
 - compartments.json: the CompartmentDefinitions (which parameters put a resource in
   a patient's, encounter's, ... compartment), for compartment search and $everything;
+- coded_bindings.json: the value set of every required binding on a Coding or CodeableConcept
+  element of a resource, by element path, checked on write by the terminology service;
 - ../terminology/data/fhir-r4b-required.json.gz: a gzip-compressed FHIR Bundle
   (type collection) of every ValueSet a required binding of a resource or
   complex type points to (on code, Coding and CodeableConcept elements alike),
@@ -211,7 +213,27 @@ def required_terminology(folder: Path) -> None:
         print(f"left out: {line}")
 
 
+def coded_bindings(folder: Path) -> None:
+    """Required bindings on Coding / CodeableConcept elements of resources, by element path."""
+    table: dict[str, str] = {}
+    for sd in load(folder, "StructureDefinition"):
+        if sd.get("derivation") != "specialization" or sd.get("kind") != "resource":
+            continue
+        for el in sd["snapshot"]["element"]:
+            binding = el.get("binding", {})
+            types = {t.get("code") for t in el.get("type", [])}
+            if binding.get("strength") == "required" and "valueSet" in binding \
+                    and types & {"Coding", "CodeableConcept"}:
+                table[el["path"]] = binding["valueSet"].split("|")[0]
+    (SPEC / "coded_bindings.json").write_text(json.dumps({
+        "source": "hl7.fhir.r4b.core 4.3.0 (npm), CC0-1.0",
+        "bindings": dict(sorted(table.items())),
+    }, indent=1) + "\n")
+    print(f"{len(table)} required Coding/CodeableConcept bindings written")
+
+
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
     compartments(Path(sys.argv[1]))
+    coded_bindings(Path(sys.argv[1]))
     required_terminology(Path(sys.argv[1]))

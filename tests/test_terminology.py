@@ -517,10 +517,27 @@ def test_reindex_rebuilds_a_lost_catalog(database: str, mongo_uri: str, fhir_war
     from pymongo import MongoClient
 
     with MongoClient(mongo_uri) as client:
-        before = client[database]["terminology"].count_documents({})
+        before = client[database]["terminology"].count_documents({"kind": {"$exists": True}})
         client[database]["terminology"].delete_many({"kind": "ValueSet"})
     assert fhir_warn.get("/ValueSet/$expand", params={"url": f"{EMR_VS}/icd10-vn"}).status_code == 404
     run = emr_cli(database, mongo_uri, "terminology", "reindex")
     assert run.returncode == 0, run.stderr
     assert f"{before} terminology resources" in run.stdout
     assert fhir_warn.get("/ValueSet/$expand", params={"url": f"{EMR_VS}/icd10-vn"}).status_code == 200
+
+
+def test_required_bindings_on_codeable_concepts(fhir_reject: httpx.Client, fhir_warn: httpx.Client) -> None:
+    """Condition.clinicalStatus is bound (required) to condition-clinical: a SNOMED code alone is refused."""
+    marker = unique("binding")
+    body = condition("I10", marker)
+    body["clinicalStatus"] = {"coding": [{"system": "http://snomed.info/sct", "code": "55561003"}]}
+    refused = fhir_reject.post("/Condition", json=body)
+    assert refused.status_code == 400
+    issue = refused.json()["issue"][0]
+    assert issue["expression"] == ["Condition.clinicalStatus"]
+    assert "http://hl7.org/fhir/ValueSet/condition-clinical" in issue["diagnostics"]
+    kept = fhir_warn.post("/Condition", json=body)
+    assert kept.status_code == 201
+    assert "condition-clinical" in kept.headers["X-FHIR-Request-Validation"]
+    body["clinicalStatus"]["coding"].append({"system": CLINICAL, "code": "active"})
+    assert fhir_reject.post("/Condition", json=body).status_code == 201

@@ -23,6 +23,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 from fhir_store.model import Version
 
 KINDS = ("CodeSystem", "ValueSet", "ConceptMap")
+#: The catalog's change counter, bumped by every terminology write: processes compare it to know
+#: whether what they cached (resolved urls, expansions) still holds.
+GENERATION = "_generation"
 
 INDEXES = [
     IndexModel([("kind", ASCENDING), ("url", ASCENDING), ("date", DESCENDING), ("ts", DESCENDING)], name="kind_url"),
@@ -84,6 +87,7 @@ class Catalog:
             return
         key = f"{version.resource_type}/{version.id}"
         resource = version.resource
+        await self.entries.update_one({"_id": GENERATION}, {"$inc": {"n": 1}}, upsert=True, session=session)
         if resource is None or not resource.get("url"):
             await self.entries.delete_one({"_id": key}, session=session)
             return
@@ -94,6 +98,10 @@ class Catalog:
             "content": resource.get("content"), "count": _count(resource), "ts": version.last_updated,
         }
         await self.entries.replace_one({"_id": key}, doc, upsert=True, session=session)
+
+    async def generation(self) -> int:
+        doc = await self.entries.find_one({"_id": GENERATION})
+        return int(doc["n"]) if doc else 0
 
     async def resolve(self, kind: str, canonical: str) -> Entry | None:
         """The resource a canonical reference means: that version, or the latest (by date, then load time)."""
@@ -116,7 +124,7 @@ class Catalog:
     async def all(self, kind: str | None = None, *, urls: set[str] | None = None,
                   latest: bool = False) -> list[Entry]:
         """Entries of one kind (or all), optionally only these urls, optionally only each url's latest."""
-        query: dict[str, Any] = {"kind": kind} if kind else {}
+        query: dict[str, Any] = {"kind": kind} if kind else {"kind": {"$in": list(KINDS)}}
         if urls is not None:
             query["url"] = {"$in": sorted(urls)}
         order = [("kind", ASCENDING), ("url", ASCENDING), ("date", DESCENDING), ("ts", DESCENDING)]

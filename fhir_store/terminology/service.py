@@ -14,17 +14,20 @@ and each CodeSystem version is indexed in memory once per process
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
 from typing import Any, Literal
 
 from fhir_store.documents import format_instant
 from fhir_store.errors import InvalidRequest, InvalidResource, Issue, ResourceNotFound, SearchTooCostly
 from fhir_store.store import FhirStore
-from fhir_store.terminology.catalog import KINDS, Catalog, Entry
+from fhir_store.terminology.catalog import GENERATION, KINDS, Catalog, Entry
 from fhir_store.terminology.concepts import CodeSystemIndex, Concept, same_language
-from fhir_store.terminology.expansion import Expander, Item
+from fhir_store.terminology.expansion import CannotExpand, Expander, Item
 from fhir_store.terminology.sources import ICD10_VN, ICD10_WHO
 
 ValidationMode = Literal["reject", "warn", "off"]
@@ -42,10 +45,15 @@ class TerminologyService:
         self.store = store
         self.catalog = Catalog(store.db)
         self.validation = validation
-        self.expander = Expander(self.code_system, self.value_set)
+        self.expander = Expander(self._code_system, self._value_set)
         self._indexes: dict[str, CodeSystemIndex] = {}
         self._building: dict[str, asyncio.Lock] = {}
         self._resources: dict[str, tuple[int, dict[str, Any]]] = {}
+        # Valid while the catalog's generation is `_generation`; every public method checks it first.
+        self._generation = -1
+        self._resolved: dict[tuple[str, str], Entry | None] = {}
+        self._latest: dict[tuple[str, frozenset[str] | None], list[Entry]] = {}
+        self._members: dict[str, dict[tuple[str, str], Item]] = {}
 
     def attach(self) -> TerminologyService:
         """Plug into the store: keep the catalog, check codes on write, serve search modifiers."""
@@ -64,14 +72,39 @@ class TerminologyService:
             async for version in self.store.iter_current(kind):
                 await self.catalog.observe(version, None)
                 seen.append(f"{kind}/{version.id}")
-        await self.catalog.entries.delete_many({"_id": {"$nin": seen}})  # entries of resources no longer there
+        await self.catalog.entries.delete_many({"_id": {"$nin": [*seen, GENERATION]}})  # resources no longer there
         return len(seen)
 
     # ---- resolving resources ------------------------------------------------------------------
 
+    async def _sync(self) -> None:
+        """Drop what was cached if any process has written terminology since (one small read)."""
+        generation = await self.catalog.generation()
+        if generation != self._generation:
+            self._generation = generation
+            self._resolved.clear()
+            self._latest.clear()
+            self._members.clear()
+
+    async def _resolve(self, kind: str, canonical: str) -> Entry | None:
+        key = (kind, canonical)
+        if key not in self._resolved:
+            self._resolved[key] = await self.catalog.resolve(kind, canonical)
+        return self._resolved[key]
+
+    async def _latest_entries(self, kind: str, urls: set[str] | None = None) -> list[Entry]:
+        key = (kind, frozenset(urls) if urls is not None else None)
+        if key not in self._latest:
+            self._latest[key] = await self.catalog.all(kind, urls=urls, latest=True)
+        return self._latest[key]
+
     async def code_system(self, canonical: str) -> CodeSystemIndex | None:
         """The CodeSystem a canonical (`url` or `url|version`) means, indexed; None if not loaded."""
-        entry = await self.catalog.resolve("CodeSystem", canonical)
+        await self._sync()
+        return await self._code_system(canonical)
+
+    async def _code_system(self, canonical: str) -> CodeSystemIndex | None:
+        entry = await self._resolve("CodeSystem", canonical)
         return await self.index(entry) if entry else None
 
     async def index(self, entry: Entry) -> CodeSystemIndex:
@@ -93,8 +126,22 @@ class TerminologyService:
             return built
 
     async def value_set(self, canonical: str) -> dict[str, Any] | None:
-        entry = await self.catalog.resolve("ValueSet", canonical)
+        await self._sync()
+        return await self._value_set(canonical)
+
+    async def _value_set(self, canonical: str) -> dict[str, Any] | None:
+        entry = await self._resolve("ValueSet", canonical)
         return await self._resource(entry) if entry else None
+
+    async def _members_of(self, vs: dict[str, Any]) -> dict[tuple[str, str], Item]:
+        """Every code of a value set; cached for stored value sets (by resource key and version)."""
+        key = f"{vs.get('id')}/{(vs.get('meta') or {}).get('versionId')}" if vs.get("id") else None
+        if key is not None and key in self._members:
+            return self._members[key]
+        members = await self.expander.expand(vs)
+        if key is not None:
+            self._members[key] = members
+        return members
 
     async def _resource(self, entry: Entry) -> dict[str, Any]:
         cached = self._resources.get(entry.key)
@@ -114,7 +161,7 @@ class TerminologyService:
             return (await self.store.read(kind, resource_id)).resource or {}
         if not url:
             raise InvalidRequest(f"Name the {kind}: call it on /{kind}/[id], or give its url")
-        entry = await self.catalog.resolve(kind, url)
+        entry = await self._resolve(kind, url)
         if entry is None:
             raise ResourceNotFound(f"No {kind} with url {url} is loaded")
         return await self._resource(entry)
@@ -124,6 +171,7 @@ class TerminologyService:
     async def lookup(self, system: str | None, code: str | None, *, version: str | None = None,
                      display_language: str | None = None) -> dict[str, Any]:
         """CodeSystem/$lookup as a Parameters resource."""
+        await self._sync()
         if not system or not code:
             raise InvalidRequest("$lookup needs a system and a code (or a coding)")
         index = await self._require_system(system, version)
@@ -160,7 +208,7 @@ class TerminologyService:
         return {"resourceType": "Parameters", "parameter": params}
 
     async def _require_system(self, system: str, version: str | None) -> CodeSystemIndex:
-        index = await self.code_system(f"{system}|{version}" if version else system)
+        index = await self._code_system(f"{system}|{version}" if version else system)
         if index is None:
             known = await self.catalog.versions("CodeSystem", system)
             detail = f"; loaded versions: {', '.join(str(e.version) for e in known)}" if known else ""
@@ -171,7 +219,7 @@ class TerminologyService:
         title = index.display(concept, language)
         if language and not same_language(language, index.language) and title == concept.display:
             for other in SAME_CODES.get(index.url, ()):  # e.g. the WHO list has no Vietnamese titles
-                sibling = await self.code_system(other)
+                sibling = await self._code_system(other)
                 twin = sibling.get(concept.code) if sibling else None
                 if sibling and twin:
                     found = sibling.display(twin, language)
@@ -185,13 +233,14 @@ class TerminologyService:
         The entry point for referral papers and PDFs: a diagnosis coded with either ICD-10 URL
         prints its Vietnamese title from the Ministry's list.
         """
-        index = await self.code_system(f"{system}|{version}" if version else system)
+        await self._sync()
+        index = await self._code_system(f"{system}|{version}" if version else system)
         if index is None and version is not None:
-            index = await self.code_system(system)  # that edition is not here: the latest still has a title
+            index = await self._code_system(system)  # that edition is not here: the latest still has a title
         concept = index.get(code) if index else None
         if index is None or concept is None:
             for other in SAME_CODES.get(system, ()):
-                sibling = await self.code_system(other)
+                sibling = await self._code_system(other)
                 twin = sibling.get(code) if sibling else None
                 if sibling and twin:
                     return sibling.display(twin, language)
@@ -204,6 +253,7 @@ class TerminologyService:
                             display: str | None = None, value_set: dict[str, Any] | None = None,
                             display_language: str | None = None) -> dict[str, Any]:
         """CodeSystem/$validate-code (no `value_set`) or ValueSet/$validate-code, as Parameters."""
+        await self._sync()
         if not code:
             raise InvalidRequest("$validate-code needs a code (or a coding, or a codeableConcept)")
         result, message, found = await self._check(system, code, version, display, value_set, display_language)
@@ -217,7 +267,7 @@ class TerminologyService:
     async def _check(self, system: str | None, code: str, version: str | None, display: str | None,
                      value_set: dict[str, Any] | None, language: str | None) -> tuple[bool, str | None, str | None]:
         if value_set is not None:
-            members = await self.expander.expand(value_set)
+            members = await self._members_of(value_set)
             matches = [i for i in members.values() if i.code == code and (system is None or i.system == system)]
             if not matches:
                 where = f"{system}|{code}" if system else code
@@ -228,7 +278,7 @@ class TerminologyService:
                 return True, None, item.display or None
         if not system:
             raise InvalidRequest("$validate-code on a code system needs the system (url)")
-        index = await self.code_system(f"{system}|{version}" if version else system)
+        index = await self._code_system(f"{system}|{version}" if version else system)
         if index is None:
             return False, f"The code system {system} is not loaded here", None
         concept = index.get(code)
@@ -246,6 +296,7 @@ class TerminologyService:
                      count: int | None = None, active_only: bool = False, exclude_not_for_ui: bool = False,
                      display_language: str | None = None, include_designations: bool = False) -> dict[str, Any]:
         """ValueSet/$expand: the value set with its `expansion`, filtered and paged."""
+        await self._sync()
         vs = await self._target("ValueSet", resource_id=resource_id, url=url, resource=value_set)
         if offset < 0 or (count is not None and count < 0):
             raise InvalidRequest("offset and count must not be negative")
@@ -282,7 +333,7 @@ class TerminologyService:
         out["code"] = item.code
         display = item.display
         if item.concept is not None and language:
-            index = await self.code_system(f"{item.system}|{item.version}" if item.version else item.system)
+            index = await self._code_system(f"{item.system}|{item.version}" if item.version else item.system)
             if index is not None:
                 display = await self._display_of(index, item.concept, language)
         if display:
@@ -296,6 +347,7 @@ class TerminologyService:
     async def translate(self, *, resource_id: str | None = None, url: str | None = None, system: str | None,
                         code: str | None, target: str | None = None) -> dict[str, Any]:
         """ConceptMap/$translate: e.g. an old commune code to the commune that replaced it."""
+        await self._sync()
         if not code:
             raise InvalidRequest("$translate needs a code (and its system)")
         if resource_id is None and url is None:
@@ -337,13 +389,15 @@ class TerminologyService:
         issue returned as a warning; `off` checks nothing. Codes of systems not loaded here
         (LOINC, SNOMED CT, …) are not judged.
         """
-        if self.validation == "off" or resource.get("resourceType") in ("CodeSystem", "ValueSet", "ConceptMap"):
+        rtype = resource.get("resourceType", "")
+        if self.validation == "off" or rtype in KINDS:
             return []
-        codings = list(_codings(resource, resource.get("resourceType", "")))
+        codings = list(_codings(resource, rtype))
         if not codings:
             return []
+        await self._sync()
         systems = {c["system"] for _, c in codings}
-        held = {e.url: e for e in await self.catalog.all("CodeSystem", urls=systems, latest=True)}
+        held = {e.url: e for e in await self._latest_entries("CodeSystem", systems)}
         errors: list[Issue] = []
         warnings: list[Issue] = []
         for path, coding in codings:
@@ -351,7 +405,7 @@ class TerminologyService:
             if latest is None:
                 continue
             if coding.get("version") and coding["version"] != latest.version:
-                index = await self.code_system(f"{coding['system']}|{coding['version']}")
+                index = await self._code_system(f"{coding['system']}|{coding['version']}")
             else:
                 index = await self.index(latest)
             if index is None:
@@ -369,27 +423,48 @@ class TerminologyService:
                 warnings.append(Issue("code-invalid", f"{path}: the display '{coding['display']}' is not the title of "
                                       f"{coding['code']} in {index.name} ('{concept.display}')",
                                       severity="warning", expression=(path,)))
+        errors += await self._binding_issues(resource, rtype)
         if errors and self.validation == "reject":
             raise InvalidResource(f"{resource['resourceType']} failed terminology validation: "
                                   f"{errors[0].diagnostics}", errors + warnings)
         return [Issue(e.code, e.diagnostics, "warning", e.expression) for e in errors] + warnings
 
+    async def _binding_issues(self, resource: dict[str, Any], rtype: str) -> list[Issue]:
+        """Coding / CodeableConcept elements the spec binds `required` must hold a code of that value set."""
+        issues: list[Issue] = []
+        for json_path, url, value in _bound_elements(resource, rtype, rtype):
+            vs = await self._value_set(url)
+            if vs is None:
+                continue
+            try:
+                members = await self._members_of(vs)
+            except CannotExpand:
+                continue
+            codings = [value] if "code" in value and "coding" not in value else value.get("coding") or []
+            if codings and not any((c.get("system"), c.get("code")) in members for c in codings):
+                allowed = ", ".join(sorted(code for _, code in members)[:12])
+                issues.append(Issue("code-invalid", f"{json_path}: no coding is in the required value set {url} "
+                                    f"({allowed})", expression=(json_path,)))
+        return issues
+
     # ---- search modifiers -----------------------------------------------------------------------
 
     async def codes_in(self, canonical: str) -> list[tuple[str, str]]:
         """(system, code) of every code in a value set, for `:in` / `:not-in`."""
-        vs = await self.value_set(canonical)
+        await self._sync()
+        vs = await self._value_set(canonical)
         if vs is None:
             raise InvalidRequest(f"':in' names the value set {canonical}, which is not loaded here")
-        return _capped([(i.system, i.code) for i in (await self.expander.expand(vs)).values()], canonical)
+        return _capped([(i.system, i.code) for i in (await self._members_of(vs)).values()], canonical)
 
     async def codes_below(self, system: str | None, code: str, *, above: bool = False) -> list[tuple[str, str]]:
         """`code` and its descendants (or ancestors) in the code system named, or in every one that has it."""
+        await self._sync()
         if system:
-            index = await self.code_system(system)
+            index = await self._code_system(system)
             indexes = [index] if index else []
         else:
-            indexes = [await self.index(e) for e in await self.catalog.all("CodeSystem", latest=True)
+            indexes = [await self.index(e) for e in await self._latest_entries("CodeSystem")
                        if e.content == "complete"]
         found: list[tuple[str, str]] = []
         for index in indexes:
@@ -399,8 +474,9 @@ class TerminologyService:
 
     async def codes_matching(self, text: str) -> list[tuple[str, str]]:
         """Codes whose title (any language) matches `text`, across the code systems held, for `:text`."""
+        await self._sync()
         found: list[tuple[str, str]] = []
-        for entry in await self.catalog.all("CodeSystem", latest=True):
+        for entry in await self._latest_entries("CodeSystem"):
             if entry.content == "complete":
                 index = await self.index(entry)
                 found += [(index.url, c.code) for c in index.matching(text)]
@@ -435,3 +511,31 @@ def _codings(value: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
         for i, child in enumerate(value):
             yield from _codings(child, f"{path}[{i}]")
 
+
+@cache
+def _coded_bindings() -> dict[str, str]:
+    """Element path → value set of the spec's required bindings on Coding / CodeableConcept elements."""
+    path = Path(__file__).resolve().parent.parent / "spec" / "coded_bindings.json"
+    table: dict[str, str] = json.loads(path.read_text(encoding="utf-8"))["bindings"]
+    return table
+
+
+@cache
+def _binding_prefixes() -> frozenset[str]:
+    return frozenset(".".join(p.split(".")[:i]) for p in _coded_bindings() for i in range(1, p.count(".") + 1))
+
+
+def _bound_elements(value: Any, schema: str, path: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(element path, value set url, element) of every element a coded binding applies to."""
+    if not isinstance(value, dict):
+        return
+    bindings, prefixes = _coded_bindings(), _binding_prefixes()
+    for key, child in value.items():
+        child_schema = f"{schema}.{key}"
+        items = child if isinstance(child, list) else [child]
+        for i, item in enumerate(items):
+            item_path = f"{path}.{key}" + (f"[{i}]" if isinstance(child, list) else "")
+            if child_schema in bindings and isinstance(item, dict):
+                yield item_path, bindings[child_schema], item
+            elif child_schema in prefixes:
+                yield from _bound_elements(item, child_schema, item_path)
