@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -22,8 +23,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
+from pymongo.asynchronous.client_session import AsyncClientSession
+
 from fhir_store.documents import format_instant
 from fhir_store.errors import InvalidRequest, InvalidResource, Issue, ResourceNotFound, SearchTooCostly
+from fhir_store.model import Version
 from fhir_store.store import FhirStore
 from fhir_store.terminology.catalog import GENERATION, KINDS, Catalog, Entry
 from fhir_store.terminology.concepts import CodeSystemIndex, Concept, same_language
@@ -38,6 +42,9 @@ SAME_CODES = {ICD10_WHO: (ICD10_VN,), ICD10_VN: (ICD10_WHO,)}
 MAX_SEARCH_CODES = 20_000
 #: Indexes larger than this are built in a worker thread, so the event loop keeps serving.
 _BUILD_IN_THREAD = 2_000
+#: Write checks trust the cached catalog this long (seconds): a list another process loads is
+#: enforced on writes at most this late, and ingest pays one catalog read a second, not one a resource.
+WRITE_CHECK_STALENESS = 1.0
 
 
 class TerminologyService:
@@ -51,13 +58,14 @@ class TerminologyService:
         self._resources: dict[str, tuple[int, dict[str, Any]]] = {}
         # Valid while the catalog's generation is `_generation`; every public method checks it first.
         self._generation = -1
+        self._synced_at = float("-inf")
         self._resolved: dict[tuple[str, str], Entry | None] = {}
         self._latest: dict[tuple[str, frozenset[str] | None], list[Entry]] = {}
         self._members: dict[str, dict[tuple[str, str], Item]] = {}
 
     def attach(self) -> TerminologyService:
         """Plug into the store: keep the catalog, check codes on write, serve search modifiers."""
-        self.store.observers.append(self.catalog.observe)
+        self.store.observers.append(self._observe)
         self.store.write_checks.append(self.check_codings)
         self.store.search_engine.terminology = self
         return self
@@ -77,8 +85,20 @@ class TerminologyService:
 
     # ---- resolving resources ------------------------------------------------------------------
 
-    async def _sync(self) -> None:
-        """Drop what was cached if any process has written terminology since (one small read)."""
+    async def _observe(self, version: Version, session: AsyncClientSession | None) -> None:
+        await self.catalog.observe(version, session)
+        if version.resource_type in KINDS:
+            self._synced_at = float("-inf")  # our own write: the next call must look again
+
+    async def _sync(self, max_age: float = 0.0) -> None:
+        """Drop what was cached if any process has written terminology since (one small read).
+
+        `max_age` > 0 skips the read when the last one is that recent (write checks only).
+        """
+        now = time.monotonic()
+        if max_age and now - self._synced_at < max_age:
+            return
+        self._synced_at = now
         generation = await self.catalog.generation()
         if generation != self._generation:
             self._generation = generation
@@ -395,7 +415,7 @@ class TerminologyService:
         codings = list(_codings(resource, rtype))
         if not codings:
             return []
-        await self._sync()
+        await self._sync(WRITE_CHECK_STALENESS)
         systems = {c["system"] for _, c in codings}
         held = {e.url: e for e in await self._latest_entries("CodeSystem", systems)}
         errors: list[Issue] = []
