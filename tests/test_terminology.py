@@ -541,3 +541,23 @@ def test_required_bindings_on_codeable_concepts(fhir_reject: httpx.Client, fhir_
     assert "condition-clinical" in kept.headers["X-FHIR-Request-Validation"]
     body["clinicalStatus"]["coding"].append({"system": CLINICAL, "code": "active"})
     assert fhir_reject.post("/Condition", json=body).status_code == 201
+
+
+def test_the_ministry_list_loads_from_its_excel_workbook_too(database: str, mongo_uri: str, tmp_path: Path) -> None:
+    """The same edition as an .xlsx (as icd.kcb.vn publishes it) is the same list: nothing changes."""
+    from openpyxl import Workbook
+
+    with (TERMINOLOGY / "icd10_vn_moh_sample.csv").open(encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f))
+    book = Workbook()
+    for row in rows:
+        book.active.append(row)
+    book.save(tmp_path / "ICD10_QD4469.xlsx")
+    run = emr_cli(database, mongo_uri, "terminology", "load", str(tmp_path / "ICD10_QD4469.xlsx"), "--json")
+    assert run.returncode == 0, run.stderr
+    outcomes = {r["id"]: r["outcome"] for r in json.loads(run.stdout)[0]["resources"]}
+    assert outcomes == {"icd10-vn-2020-10-26": "unchanged", "icd10-vn": "unchanged"}
+    broken = tmp_path / "broken.xlsx"
+    broken.write_bytes(b"not a workbook")
+    run = emr_cli(database, mongo_uri, "terminology", "load", str(broken))
+    assert run.returncode == 2 and "broken.xlsx: not a readable Excel workbook" in run.stderr

