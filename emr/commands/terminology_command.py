@@ -109,7 +109,7 @@ def _print_reports(reports: list[SourceReport]) -> None:
             console.print(f"note ({report.name}): {note}", soft_wrap=True)
 
 
-@app.command("list")
+@app.command("list", help="List the code systems, value sets and concept maps loaded, newest edition first.")
 def list_(
     json_output: Annotated[bool, typer.Option("--json", help="Print the catalog as JSON on standard output.")]
     = False,
@@ -134,7 +134,7 @@ def list_(
     Console(file=sys.stdout).print(table)
 
 
-@app.command()
+@app.command(help="Rebuild the terminology catalog from the stored resources (after a restore without it).")
 def reindex() -> None:
     """Rebuild the terminology catalog from the stored CodeSystem, ValueSet and ConceptMap resources.
 
