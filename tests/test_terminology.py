@@ -264,6 +264,12 @@ def test_expand_errors_are_outcomes(fhir_warn: httpx.Client) -> None:
     refused = fhir_warn.post("/ValueSet/$expand", json=external)
     assert refused.status_code == 422
     assert "http://loinc.org" in refused.json()["issue"][0]["diagnostics"]
+    for body in ({"resourceType": "Patient"}, [1, 2],
+                 {"resourceType": "Parameters", "parameter": [{"name": "codeableConcept",
+                                                                 "valueCodeableConcept": {"coding": "I10"}}]}):
+        answer = fhir_warn.post("/ValueSet/icd10-vn/$validate-code", json=body)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["resourceType"] == "OperationOutcome"
 
 
 # ---- $translate ---------------------------------------------------------------------------------

@@ -129,8 +129,8 @@ async def _validate(it: Interaction, params: OperationInput, service: Terminolog
     concept = params.complex("codeableConcept")
     if concept is not None:
         codings = concept.get("coding") or []
-        if not codings:
-            raise ApiError(400, "codeableConcept has no coding to validate")
+        if not isinstance(codings, list) or not codings or not all(isinstance(c, dict) for c in codings):
+            raise ApiError(400, "codeableConcept.coding must be a list of Coding objects to validate")
         answers = [await service.validate_code(c.get("system"), c.get("code"), version=c.get("version"),
                                                display=c.get("display"), value_set=value_set,
                                                display_language=language) for c in codings]
