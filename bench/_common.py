@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import platform
 import socket
 import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
+#: Failed operations whose answer a report shows.
+ERROR_SAMPLES = 3
 
 
 def free_port() -> int:
@@ -29,6 +35,25 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def wait_for_api(process: subprocess.Popen[bytes], port: int, timeout: float = 60.0) -> None:
+    """Until the API answers `GET /fhir/metadata`; exits if its process dies or it takes longer than `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"The API process exited with code {process.returncode} before answering")
+        conn = http.client.HTTPConnection(HOST, port, timeout=10)
+        try:
+            conn.request("GET", "/fhir/metadata")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        time.sleep(0.1)
+    raise SystemExit(f"The API did not answer GET /fhir/metadata within {timeout:.0f}s")
 
 
 def environment() -> dict[str, Any]:
@@ -48,3 +73,18 @@ def environment() -> dict[str, Any]:
         "commit": commit,
         **{pkg: version(pkg) for pkg in ("pymongo", "SecantusDB", "uvicorn", "fastapi", "fhir.resources")},
     }
+
+
+@dataclass
+class Errors:
+    """Failed operations, with the first few answers kept so the report can show what went wrong."""
+
+    count: int = 0
+    samples: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, what: str) -> None:
+        with self.lock:
+            self.count += 1
+            if len(self.samples) < ERROR_SAMPLES:
+                self.samples.append(what[:400])

@@ -57,11 +57,13 @@ from pymongo.collection import Collection
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from _common import environment, free_port, stop_process  # noqa: E402
+from _common import Errors, environment, free_port, stop_process, wait_for_api  # noqa: E402
 
 from emr.embedded_db import ensure_embedded  # noqa: E402
 from fhir_store import indexes  # noqa: E402
 from fhir_store.documents import current_document  # noqa: E402
+from fhir_store.search.indexing import indexer  # noqa: E402
+from fhir_store.search.registry import load_registry  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "synthea" / "smart-on-fhir"
 HOST = "127.0.0.1"
@@ -70,7 +72,6 @@ DRIVER_DB = "bench_driver"
 FHIR_JSON = "application/fhir+json"
 START_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 60.0
-ERROR_SAMPLES = 3
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 Doc = dict[str, Any]
@@ -94,21 +95,6 @@ def load_resources(directory: Path, n: int | None) -> list[Doc]:
 
 
 # ---- measuring --------------------------------------------------------------------------------
-
-@dataclass
-class Errors:
-    """Failed operations, with the first few answers kept so the report can show what went wrong."""
-
-    count: int = 0
-    samples: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def add(self, what: str) -> None:
-        with self.lock:
-            self.count += 1
-            if len(self.samples) < ERROR_SAMPLES:
-                self.samples.append(what[:400])
-
 
 @dataclass
 class Phase:
@@ -273,25 +259,6 @@ def start_api(mongodb_uri: str, port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
 
 
-def wait_for_api(process: subprocess.Popen[bytes], port: int) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"The API process exited with code {process.returncode} before answering")
-        client = HttpClient(port)
-        try:
-            if client.request("GET", "/fhir/metadata")[0] == 200:
-                return
-        except OSError:
-            pass
-        finally:
-            client.close()
-        time.sleep(0.1)
-    raise SystemExit(f"The API did not answer GET /fhir/metadata within {START_TIMEOUT_S:.0f}s")
-
-
-
-
 # ---- the bare driver --------------------------------------------------------------------------
 
 def driver_documents(resources: Sequence[Doc], bare: bool) -> list[Doc]:
@@ -300,7 +267,8 @@ def driver_documents(resources: Sequence[Doc], bare: bool) -> list[Doc]:
     Built before the clock starts, so the floor is the driver and the database only.
     `bare` keeps just the version fields (_id, type, id, vid, ts, oid, op, deleted, res).
     """
-    docs = [current_document(r["resourceType"], str(uuid.uuid4()), 1, r, "create") for r in resources]
+    index = indexer(load_registry())
+    docs = [current_document(r["resourceType"], str(uuid.uuid4()), 1, r, "create", index) for r in resources]
     if bare:
         docs = [{k: v for k, v in doc.items() if k not in ("ix", "sk", "cp")} for doc in docs]
     return docs
@@ -513,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             log(f"starting the API on http://{HOST}:{port}/fhir")
             api_process = start_api(uri, port)
-            wait_for_api(api_process, port)
+            wait_for_api(api_process, port, START_TIMEOUT_S)
             meter = CpuMeter({"api": api_process.pid, "db": server.process.pid})
             client = MongoClient(uri, tz_aware=True, maxPoolSize=max(100, args.concurrency))
             collection = client[DRIVER_DB]["resources"]

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fhir_store.search.extract import extract  # noqa: E402
-from fhir_store.search.registry import registry  # noqa: E402
+from fhir_store.search.registry import load_registry  # noqa: E402
 from fhir_store.validation import validate_resource  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     resources = load()
-    reg = registry()
+    reg = load_registry()
     extract(reg, resources[0])  # warm caches
     validate_times = [per_resource_us(validate_resource, resources) for _ in range(args.repeat)]
     extract_times = [per_resource_us(lambda r: extract(reg, r), resources) for _ in range(args.repeat)]

@@ -44,6 +44,8 @@ sys.path.insert(0, str(REPO))
 from emr.embedded_db import ensure_embedded  # noqa: E402
 from fhir_store import indexes  # noqa: E402
 from fhir_store.documents import current_document  # noqa: E402
+from fhir_store.search.indexing import indexer  # noqa: E402
+from fhir_store.search.registry import load_registry  # noqa: E402
 from fhir_store.validation import validate_resource  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "synthea"
@@ -126,12 +128,13 @@ def api_run(uri: str, database: str, setup: list[Path], patients: list[Path], cl
 def driver_documents(patients: list[Path]) -> list[list[dict[str, Any]]]:
     """Per bundle, the documents the store writes for its resources (new ids, as POST entries get)."""
     out = []
+    index = indexer(load_registry())
     for path in patients:
         docs = []
         for entry in json.loads(path.read_text())["entry"]:
             resource = validate_resource(entry["resource"])
             rid = str(uuid.uuid4())
-            docs.append(current_document(resource["resourceType"], rid, 1, resource, "create"))
+            docs.append(current_document(resource["resourceType"], rid, 1, resource, "create", index))
         out.append(docs)
     return out
 

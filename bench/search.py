@@ -38,7 +38,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -55,20 +54,23 @@ from pymongo.collection import Collection
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from _common import environment, free_port, stop_process  # noqa: E402
+from _common import Errors, environment, free_port, stop_process, wait_for_api  # noqa: E402
 
 from emr.embedded_db import ensure_embedded  # noqa: E402
 from emr.settings import Settings  # noqa: E402
 from fhir_store import FhirStore, StoreError  # noqa: E402
+from fhir_store.documents import VERSION_FIELDS  # noqa: E402
+from fhir_store.references import holders  # noqa: E402
 from fhir_store.resource_types import resource_types  # noqa: E402
 from fhir_store.search.engine import (  # noqa: E402
-    _BASE_FIELDS,
     MAX_INCLUDED,
     Include,
+    SearchEngine,
     SearchRequest,
     _match,
     parse_request,
 )
+from fhir_store.search.registry import load_registry  # noqa: E402
 from fhir_store.text import fold  # noqa: E402
 
 DATA_DIRS = [REPO.parent / "shared" / "data" / "synthea" / "smart-on-fhir",
@@ -82,7 +84,6 @@ HOST = "127.0.0.1"
 FHIR_JSON = "application/fhir+json"
 START_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 60.0
-ERROR_SAMPLES = 3
 PROGRESS_EVERY_S = 10.0
 TARGET_OBSERVATIONS = 3000
 EXPLAIN_SAMPLES = 5
@@ -112,21 +113,6 @@ class Latency:
         return statistics.quantiles(self.samples_ms, n=100, method="inclusive")[94]
 
 
-@dataclass
-class Errors:
-    """Failed operations, with the first few answers kept so the report can show what went wrong."""
-
-    count: int = 0
-    samples: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def add(self, what: str) -> None:
-        with self.lock:
-            self.count += 1
-            if len(self.samples) < ERROR_SAMPLES:
-                self.samples.append(what[:400])
-
-
 class HttpClient:
     """One keep-alive HTTP/1.1 connection (http.client: far cheaper per request than httpx)."""
 
@@ -141,27 +127,6 @@ class HttpClient:
 
     def close(self) -> None:
         self.conn.close()
-
-
-
-
-def wait_for_api(process: subprocess.Popen[bytes], port: int) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"The API process exited with code {process.returncode} before answering")
-        client = HttpClient(port)
-        try:
-            if client.request("GET", "/fhir/metadata")[0] == 200:
-                return
-        except OSError:
-            pass
-        finally:
-            client.close()
-        time.sleep(0.1)
-    raise SystemExit(f"The API did not answer GET /fhir/metadata within {START_TIMEOUT_S:.0f}s")
-
-
 
 
 
@@ -194,17 +159,10 @@ def templates(directories: list[Path]) -> list[Template]:
 
 def rewrite_references(node: Any, ids: dict[str, str]) -> None:
     """`{"reference": "urn:uuid:X"}` -> `Type/X-c{n}`, anywhere in the resource (conditional ones stay)."""
-    if isinstance(node, dict):
-        ref = node.get("reference")
-        if isinstance(ref, str) and ref.startswith("urn:uuid:") and ref[9:] in ids:
-            node["reference"] = ids[ref[9:]]
-        for value in node.values():
-            if isinstance(value, dict | list):
-                rewrite_references(value, ids)
-    elif isinstance(node, list):
-        for value in node:
-            if isinstance(value, dict | list):
-                rewrite_references(value, ids)
+    for holder in holders(node):
+        ref = holder["reference"]
+        if ref.startswith("urn:uuid:") and ref[9:] in ids:
+            holder["reference"] = ids[ref[9:]]
 
 
 def personalise(patient: Doc, copy: int, serial: int) -> None:
@@ -469,18 +427,18 @@ async def build_cases(uri: str, settings: Settings, targets: Targets, iterations
     """The pipeline `SearchEngine.search` runs for each request (first page, no cursor), built by its own code."""
     client: AsyncMongoClient[Doc] = AsyncMongoClient(uri, tz_aware=True)
     try:
-        store = FhirStore(client[DATABASE])
-        engine = store.search_engine
+        registry = load_registry()
+        engine = SearchEngine(registry, client[DATABASE]["resources"])
         cases: dict[str, list[Case]] = {}
         for search in SEARCHES:
             cases[search.label] = []
             for _ in range(iterations):
                 params = search.params(targets, rng)
-                request = parse_request(store.registry, [search.rtype], params, strict=True,
+                request = parse_request(registry, [search.rtype], params, strict=True,
                                         default_count=settings.default_page_size, max_count=settings.max_page_size)
                 queries = await engine.queries(request, [])
                 sort = request.sort if any(k == "_id" for k, _ in request.sort) else [*request.sort, ("_id", 1)]
-                projection = {**_BASE_FIELDS, **{k: True for k, _ in sort if k.startswith("sk.")},
+                projection = {**VERSION_FIELDS, **{k: True for k, _ in sort if k.startswith("sk.")},
                               **{f"ix.{inc.param}": True for inc in request.includes}}
                 pipeline = [*_match(queries), {"$sort": dict(sort)}, {"$limit": request.count + 1},
                             {"$project": projection}]
@@ -512,7 +470,7 @@ def forward_include(collection: Collection[Doc], inc: Include, docs: list[Doc], 
     if not keys:
         return []
     pipeline: list[Doc] = [{"$match": {"_id": {"$in": sorted(keys)}}}, {"$match": {"deleted": False}},
-                           {"$limit": MAX_INCLUDED + 1}, {"$project": {**_BASE_FIELDS, "ix": True}}]
+                           {"$limit": MAX_INCLUDED + 1}, {"$project": {**VERSION_FIELDS, "ix": True}}]
     found = [doc for doc in collection.aggregate(pipeline) if doc["_id"] not in seen]
     seen.update(doc["_id"] for doc in found)
     return found
@@ -614,7 +572,7 @@ async def explain_all(uri: str, cases: dict[str, list[Case]], results: list[Sear
     """The database's plan for each search's main query (the first case's values)."""
     client: AsyncMongoClient[Doc] = AsyncMongoClient(uri, tz_aware=True)
     try:
-        engine = FhirStore(client[DATABASE]).search_engine
+        engine = SearchEngine(load_registry(), client[DATABASE]["resources"])
         for result in results:
             explained = await engine.explain(cases[result.label][0].request)
             try:
@@ -745,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         log(f"starting the API on http://{HOST}:{port}/fhir")
         api_process = start_api(settings, port)
-        wait_for_api(api_process, port)
+        wait_for_api(api_process, port, START_TIMEOUT_S)
         log(f"timing {len(SEARCHES)} searches x {args.iterations}")
         before = os.getloadavg()[0]
         results = measure(port, collection, cases, args.warmup, log)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
@@ -13,38 +13,48 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from emr import __version__
 from emr.api.bulk_export import export_worker
 from emr.api.bulk_export import router as bulk_export_router
+from emr.api.context import ApiServices
 from emr.api.formats import is_pretty
-from emr.api.pipeline import Interceptor, Pipeline
 from emr.api.responses import ApiError, outcome_response
 from emr.api.routes import router
 from emr.api.terminology import router as terminology_router
 from emr.database import open_database
 from emr.services import open_services
 from emr.settings import Settings, get_settings
-from fhir_store import StoreError
-from fhir_store.errors import Issue, ResourceGone
-from fhir_store.resource_types import resource_types
+from fhir_store import (
+    BundleProcessor,
+    Interceptor,
+    Issue,
+    Pipeline,
+    ResourceGone,
+    StoreError,
+    WriteCheck,
+    known_resource_types,
+)
 
 log = logging.getLogger("emr")
 
 
-def create_app(settings: Settings | None = None, interceptors: list[Interceptor] | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, interceptors: Sequence[Interceptor] = (),
+               write_checks: Sequence[WriteCheck] = ()) -> FastAPI:
+    """The app. `interceptors` join the pipeline every interaction passes; `write_checks` join the store's."""
     settings = settings or get_settings()
+    pipeline = Pipeline(interceptors)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        resource_types()  # load the models now, not on the first request
+        known_resource_types()  # load the models now, not on the first request
         async with open_database(settings) as db:
-            services = await open_services(db, settings)
-            app.state.store = services.store
-            app.state.terminology = services.terminology
-            async with export_worker(app, services.store):
+            services = await open_services(db, settings, write_checks=write_checks)
+            bundles = BundleProcessor(services.store, pipeline, max_entries=settings.max_bundle_entries)
+            async with export_worker(settings, services.store) as worker:
+                # The one place app state is set: handlers reach it, typed, through `emr.api.context.Call`.
+                app.state.services = ApiServices(settings, pipeline, services.store, services.terminology,
+                                                 bundles, worker)
                 yield
 
     app = FastAPI(title="An Giang EMR", version=__version__, lifespan=lifespan,
                   description="FHIR R4 server of the An Giang hospitals' EMR.")
-    app.state.settings = settings
-    app.state.pipeline = Pipeline(interceptors)
     # Operation routers first: /fhir/$export, /fhir/CodeSystem/$lookup would otherwise match the generic paths.
     app.include_router(bulk_export_router)
     app.include_router(terminology_router)

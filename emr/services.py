@@ -1,20 +1,22 @@
-"""The store and the services wired into it, assembled the same way for the server and every command.
+"""The composition root: the store and the services wired into it, built one way for the server and every command.
 
-The terminology service plugs into the store (catalog upkeep, code checks on
-write, search modifiers); a command that wrote through a bare `FhirStore` would
-leave the terminology catalog behind, so everything opens the store here.
+Everything is passed to constructors here and nowhere else: the search-parameter
+registry (loaded once), the terminology service (built first, then handed to
+the store as its write check, observer and search terminology), and whatever a
+caller adds (tests plug extra write checks in). A command that wrote through a
+bare `FhirStore` would leave the terminology catalog behind, so all open it here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
 from emr.settings import Settings
-from fhir_store import FhirStore
-from fhir_store.terminology import TerminologyService
+from fhir_store import FhirStore, TerminologyService, WriteCheck, WriteObserver, load_registry
 
 
 @dataclass(frozen=True)
@@ -23,9 +25,13 @@ class Services:
     terminology: TerminologyService
 
 
-async def open_services(db: AsyncDatabase[dict[str, Any]], settings: Settings) -> Services:
-    store = FhirStore(db)
-    terminology = TerminologyService(store, validation=settings.terminology_validation).attach()
+async def open_services(db: AsyncDatabase[dict[str, Any]], settings: Settings, *,
+                        write_checks: Sequence[WriteCheck] = (),
+                        observers: Sequence[WriteObserver] = ()) -> Services:
+    terminology = TerminologyService(db, validation=settings.terminology_validation)
+    store = FhirStore(db, registry=load_registry(), write_checks=[terminology.check_codings, *write_checks],
+                      observers=[terminology.observe, *observers], terminology=terminology,
+                      page_size=settings.default_page_size, max_page_size=settings.max_page_size)
     await store.ensure_indexes()
     await terminology.ensure_indexes()
     return Services(store, terminology)

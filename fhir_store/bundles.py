@@ -1,6 +1,8 @@
 """Bundles the server builds: search results, history, batch and transaction responses.
 
-FHIR semantics only; the caller passes the base URL used in `fullUrl` and links.
+FHIR semantics only; the caller passes the base URL used in `fullUrl` and the
+path and parameters the request came with, from which `page_links` makes the
+`self`, `next` and `previous` links of every paged Bundle.
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
-from fhir_store.documents import format_instant
 from fhir_store.errors import operation_outcome
+from fhir_store.instants import format_instant
 from fhir_store.model import Version
 from fhir_store.search.elements import select_elements, summarize
 from fhir_store.search.engine import SearchResult
@@ -27,8 +30,21 @@ def etag(version_id: int) -> str:
     return f'W/"{version_id}"'
 
 
-def searchset_bundle(base: str, result: SearchResult, links: dict[str, str], *, summary: str | None,
-                     elements: list[str] | None) -> dict[str, Any]:
+def page_links(path: str, query: Sequence[tuple[str, str]], next_cursor: str | None,
+               previous_cursor: str | None = None) -> dict[str, str]:
+    """`self` (the request as sent, less its cursor), and `next` / `previous` carrying the page's cursors."""
+    kept = [(k, v) for k, v in query if k != "_cursor"]
+    links = {"self": f"{path}?{urlencode(kept)}" if kept else path}
+    if next_cursor:
+        links["next"] = f"{path}?{urlencode([*kept, ('_cursor', next_cursor)])}"
+    if previous_cursor:
+        links["previous"] = f"{path}?{urlencode([*kept, ('_cursor', previous_cursor)])}"
+    return links
+
+
+def searchset_bundle(base: str, result: SearchResult, links: dict[str, str]) -> dict[str, Any]:
+    summary, elements = result.summary, result.elements
+
     def shape(resource: dict[str, Any]) -> dict[str, Any]:
         if elements:
             return select_elements(resource, elements)

@@ -1,40 +1,78 @@
-"""The MongoDB document that holds one version of one resource, and its conversion to `Version`.
+"""The MongoDB documents that hold versions of resources: the only module that knows their shape.
 
 Fields: `_id` ("Type/id" when current, "Type/id/vid" in history), `type`, `id`,
 `vid`, `ts` (lastUpdated), `oid` (tie-breaker), `op`, `deleted`, `res` (the
 resource JSON) and, on current versions only, the search index `ix`, sort
-keys `sk` (see `search/extract.py`) and compartment memberships `cp`.
+keys `sk` (see `search/extract.py`) and compartment memberships `cp`. The
+index values are computed by the caller's `Indexer`, so this codec needs no
+search machinery (and search can read documents without a cycle).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
 
-from fhir_store.compartments import memberships
-from fhir_store.ids import current_key
+from fhir_store.ids import current_key, version_key
+from fhir_store.instants import format_instant, now, utc
 from fhir_store.model import Operation, Version
-from fhir_store.search.extract import extract
-from fhir_store.search.registry import registry
 
 Document = dict[str, Any]
 
-
-def now() -> datetime:
-    """Now, truncated to the millisecond BSON dates keep, so what we return is what we stored."""
-    moment = datetime.now(UTC)
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
-
-
-def format_instant(ts: datetime) -> str:
-    ts = ts.astimezone(UTC) if ts.tzinfo else ts.replace(tzinfo=UTC)
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+#: Everything `version_from_document` needs: what a read or search fetches (never the index).
+VERSION_FIELDS: dict[str, bool] = {"type": True, "id": True, "vid": True, "ts": True, "oid": True, "op": True,
+                                   "res": True}
+#: A version without its (large) search index, for history, exports and listings.
+WITHOUT_INDEX: dict[str, bool] = {"ix": False}
 
 
-def current_document(rtype: str, rid: str, vid: int, data: dict[str, Any] | None, op: Operation) -> Document:
-    """The `resources` document of a new current version (data None: a deletion)."""
+#: What a scan of versions (the export's walk) needs to decide what to keep, without the resource.
+STAMP_FIELDS: dict[str, bool] = {"type": True, "id": True, "vid": True, "ts": True, "deleted": True, "cp": True}
+#: The same with the resource.
+STAMP_AND_RESOURCE: dict[str, bool] = {**STAMP_FIELDS, "res": True}
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """A version as a scan sees it: id, number, time, deletion and compartments (history has none), and
+    the resource when it was fetched."""
+
+    id: str
+    vid: int
+    ts: datetime
+    deleted: bool
+    cp: list[str]
+    res: dict[str, Any] | None
+
+
+def stamp(doc: Document) -> Stamp:
+    return Stamp(doc["id"], doc["vid"], utc(doc["ts"]), bool(doc["deleted"]), doc.get("cp") or [], doc.get("res"))
+
+
+def type_range(rtype: str) -> Document:
+    """Every document of a type, as a range of the (type, _id) index: "Observation/" <= _id < "Observation0"."""
+    return {"type": rtype, "_id": {"$gte": f"{rtype}/", "$lt": f"{rtype}0"}}  # "0" follows "/" in ASCII
+
+
+@dataclass(frozen=True)
+class IndexValues:
+    """What search needs of a current version: index values, sort keys, compartments."""
+
+    ix: dict[str, list[Any]]
+    sk: dict[str, Any]
+    cp: list[str]
+
+
+Indexer = Callable[[dict[str, Any]], IndexValues]
+
+
+def current_document(rtype: str, rid: str, vid: int, data: dict[str, Any] | None, op: Operation,
+                     indexer: Indexer) -> Document:
+    """The `resources` document of a new current version (data None: a deletion, a tombstone)."""
     ts = now()
     res = None
     if data is not None:
@@ -44,18 +82,25 @@ def current_document(rtype: str, rid: str, vid: int, data: dict[str, Any] | None
     doc: Document = {"_id": current_key(rtype, rid), "type": rtype, "id": rid, "vid": vid, "ts": ts,
                      "oid": ObjectId(), "op": op, "deleted": res is None, "res": res}
     if res is not None:
-        doc["ix"], doc["sk"] = extract(registry(), res)
-        doc["cp"] = memberships(rtype, rid, doc["ix"])
+        values = indexer(res)
+        doc["ix"], doc["sk"], doc["cp"] = values.ix, values.sk, values.cp
     return doc
 
 
+def history_document(version: Version) -> Document:
+    """The `history` document of a version being superseded (no search index: history is never searched)."""
+    return {"_id": version_key(version.resource_type, version.id, version.version_id),
+            "type": version.resource_type, "id": version.id, "vid": version.version_id,
+            "ts": version.last_updated, "oid": version.order, "op": version.operation,
+            "deleted": version.deleted, "res": version.resource}
+
+
 def version_from_document(doc: Document) -> Version:
-    ts = doc["ts"]
     return Version(
         resource_type=doc["type"],
         id=doc["id"],
         version_id=doc["vid"],
-        last_updated=ts.astimezone(UTC) if ts.tzinfo else ts.replace(tzinfo=UTC),
+        last_updated=utc(doc["ts"]),
         operation=doc["op"],
         resource=doc.get("res"),
         order=doc["oid"],

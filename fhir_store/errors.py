@@ -77,6 +77,13 @@ class ResourceGone(StoreError):
         self.version_id = version_id
 
 
+class Forbidden(StoreError):
+    """The caller may not do this (raised by an interceptor of the pipeline: authorisation)."""
+
+    issue_code = "forbidden"
+    status = 403
+
+
 class VersionConflict(StoreError):
     """If-Match named a version that is no longer current: the client must re-read."""
 

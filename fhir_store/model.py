@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from bson import ObjectId
+from bson.errors import InvalidId
 
-from fhir_store.errors import Issue
+from fhir_store.errors import InvalidRequest, Issue
 
 Operation = Literal["create", "update", "delete"]
 
@@ -57,10 +58,11 @@ class HistoryCursor:
 
     @classmethod
     def decode(cls, text: str) -> HistoryCursor:
-        from datetime import UTC
-
         millis, _, oid = text.partition(".")
-        return cls(datetime.fromtimestamp(int(millis) / 1000, UTC), ObjectId(oid))
+        try:
+            return cls(datetime.fromtimestamp(int(millis) / 1000, UTC), ObjectId(oid))
+        except (ValueError, TypeError, OverflowError, InvalidId):
+            raise InvalidRequest("_cursor is not one this server made; follow the Bundle's links") from None
 
 
 @dataclass(frozen=True)

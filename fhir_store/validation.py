@@ -52,9 +52,9 @@ def validate_resource(data: Any, *, expected_type: str | None = None) -> dict[st
     cls = model_class(resource_type)
     if cls is None:
         raise UnknownResourceType(f"Unknown resource type '{resource_type}'")
-    data = nfc_json(data)
+    resource = nfc_resource(data)
     try:
-        model = cls.model_validate(data)
+        model = cls.model_validate(resource)
     except ValidationError as exc:
         issues = [_issue_from_pydantic(resource_type, err) for err in exc.errors()]
         raise InvalidResource(f"{resource_type} failed validation: {issues[0].diagnostics}", issues) from None
@@ -62,7 +62,7 @@ def validate_resource(data: Any, *, expected_type: str | None = None) -> dict[st
     _check_required_codes(model, resource_type, issues)
     if issues:
         raise InvalidResource(f"{resource_type} failed validation: {issues[0].diagnostics}", issues)
-    return data
+    return resource
 
 
 def nfc_json(value: Any) -> Any:
@@ -135,3 +135,9 @@ def _check_required_codes(model: BaseModel, path: str, issues: list[Issue]) -> N
                     f"{item_path}: '{item}' is not a code of the required value set ({codes})",
                     expression=(item_path,),
                 ))
+
+
+def nfc_resource(resource: dict[str, Any]) -> dict[str, Any]:
+    """`nfc_json` of a resource, typed as one."""
+    normalised: dict[str, Any] = nfc_json(resource)
+    return normalised

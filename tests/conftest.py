@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -19,6 +19,7 @@ import uvicorn
 from emr.app import create_app
 from emr.embedded_db import ensure_embedded
 from emr.settings import Settings
+from fhir_store import Interceptor, WriteCheck
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -33,9 +34,10 @@ def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 class LiveServer:
     """uvicorn serving the app in a background thread, on a free loopback port."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, interceptors: Sequence[Interceptor] = (),
+                 write_checks: Sequence[WriteCheck] = ()) -> None:
         self.settings = settings
-        self.app = create_app(settings)
+        self.app = create_app(settings, interceptors=interceptors, write_checks=write_checks)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -49,7 +49,7 @@ def server(mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     settings = make_settings(mongo_uri, data_dir=tmp_path_factory.mktemp("export-data"))
     with LiveServer(settings) as live:
         # Reading starts 2 s after the transaction time instead of 65 s: these tests run no long transactions.
-        live.app.state.export_worker.settle = timedelta(seconds=2)
+        live.app.state.services.export_worker.settle = timedelta(seconds=2)
         yield live
 
 

@@ -10,7 +10,6 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from fhir_store import FhirStore
-from fhir_store.search.engine import SearchRequest, parse_request
 from tests.conftest import SHARED_DATA, unique
 
 pytestmark = pytest.mark.anyio
@@ -84,9 +83,7 @@ def index_names(plan: dict[str, Any]) -> list[str]:
                          ids=[f"{t}?{'&'.join(f'{k}={v}' for k, v in p)}" for t, p, _ in COMMON_SEARCHES])
 async def test_common_search_uses_an_index(store: FhirStore, resource_type: str,
                                            params: list[tuple[str, str]], index: str) -> None:
-    request: SearchRequest = parse_request(store.registry, [resource_type], params, strict=True,
-                                           default_count=50, max_count=1000)
-    explained = await store.search_engine.explain(request)
+    explained = await store.explain(resource_type, params)
     # an aggregate's explain puts the query plan of its leading $match in the first stage
     plan = explained["stages"][0]["$cursor"]["queryPlanner"]["winningPlan"]
     used = stages(plan)

@@ -22,7 +22,6 @@ import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
-from fhir_store import FhirStore
 from fhir_store.terminology import TerminologyService
 from fhir_store.text import fold
 from tests.conftest import SHARED_DATA, LiveServer, make_settings, unique
@@ -449,7 +448,7 @@ def test_a_code_system_posted_through_the_api_is_usable_at_once(fhir_reject: htt
 async def test_display_entry_point_gives_vietnamese_titles(database: str, mongo_uri: str) -> None:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
     try:
-        service = TerminologyService(FhirStore(client[database]))
+        service = TerminologyService(client[database])
         assert await service.display(ICD_WHO, "J18.9") == moh("J18.9")["TÊN BỆNH"]
         assert await service.display(ICD_VN, "E11.9", "en") == moh("E11.9")["DISEASE NAME"]
         assert await service.display(ICD_VN, "I10", "en", version="2020-10-26") == "Other rheumatic heart diseases"

@@ -5,7 +5,7 @@ The flow is the Bulk Data IG's asynchronous request pattern: kick-off
 the worker (`fhir_store.bulk.jobs`, started with the app) exports in the
 background; polling answers 202 with `X-Progress` until the manifest (200) is
 ready; the manifest's file URLs are served from this router. Every route runs
-through the app's `Pipeline`, like `routes.py`, so authentication and audit
+through the app's `Pipeline`, like `routes.py`, so authorisation and audit
 see exports too.
 
 This router is included before the main one: its fixed paths (`/fhir/$export`,
@@ -18,21 +18,30 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import orjson
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import FileResponse
 
-from emr.api.pipeline import Interaction
+from emr.api.context import Call
+from emr.api.http import prefer
 from emr.api.responses import ApiError, fhir_response
-from emr.api.routes import base_url, operation
-from fhir_store import FhirStore
-from fhir_store.bulk.exporter import Exporter, ExportRequest, Level
-from fhir_store.bulk.jobs import ExportWorker, Job
-from fhir_store.documents import format_instant
-from fhir_store.errors import Issue, operation_outcome
+from emr.api.routing import operation
+from emr.settings import Settings
+from fhir_store import (
+    Exporter,
+    ExportRequest,
+    ExportWorker,
+    FhirStore,
+    Issue,
+    Job,
+    Level,
+    format_instant,
+    operation_outcome,
+    parse_instant,
+)
 
 router = APIRouter(prefix="/fhir")
 
@@ -45,13 +54,11 @@ _FILE_NAME = re.compile(r"[A-Za-z]{1,64}\.ndjson")
 
 
 @asynccontextmanager
-async def export_worker(app: FastAPI, store: FhirStore) -> AsyncIterator[ExportWorker]:
+async def export_worker(settings: Settings, store: FhirStore) -> AsyncIterator[ExportWorker]:
     """Run the export worker for the app's lifetime; files go to `<EMR_DATA_DIR>/exports/<job id>/`."""
-    settings = app.state.settings
     worker = ExportWorker(store, Path(settings.data_dir) / "exports",
                           settle=timedelta(seconds=settings.export_settle_seconds))
     await worker.queue.ensure_indexes()
-    app.state.export_worker = worker
     worker.start()
     try:
         yield worker
@@ -62,43 +69,43 @@ async def export_worker(app: FastAPI, store: FhirStore) -> AsyncIterator[ExportW
 # ---- kick-off -------------------------------------------------------------------------------
 
 @operation(router, "GET", "/$export", "export")
-async def export_system(it: Interaction) -> Response:
+async def export_system(call: Call) -> Response:
     """Export every resource (Bulk Data system-level export)."""
-    return await _kick_off(it, "system")
+    return await _kick_off(call, "system")
 
 
 @operation(router, "GET", "/Patient/$export", "export", resource_type="Patient")
-async def export_patients(it: Interaction) -> Response:
+async def export_patients(call: Call) -> Response:
     """Export the compartments of every Patient (Bulk Data patient-level export)."""
-    return await _kick_off(it, "patient")
+    return await _kick_off(call, "patient")
 
 
 @operation(router, "GET", "/Group/{resource_id}/$export", "export", resource_type="Group")
-async def export_group(it: Interaction) -> Response:
+async def export_group(call: Call) -> Response:
     """Export the compartments of a Group's Patient members (Bulk Data group-level export)."""
-    return await _kick_off(it, "group")
+    return await _kick_off(call, "group")
 
 
-async def _kick_off(it: Interaction, level: Level) -> Response:
-    request = it.request
-    if "respond-async" not in _prefer_tokens(request):
+async def _kick_off(call: Call, level: Level) -> Response:
+    request = call.request
+    preferences = prefer(call)
+    if "respond-async" not in preferences:
         raise ApiError(400, "$export runs asynchronously: send the header 'Prefer: respond-async'")
     params = request.query_params
     output_format = params.get("_outputFormat", NDJSON)
     if output_format not in OUTPUT_FORMATS:
         raise ApiError(400, f"_outputFormat '{output_format}' is not supported; use {NDJSON}", "not-supported")
     unsupported = sorted({k for k in params if k not in _SUPPORTED})
-    if unsupported and "handling=lenient" not in _prefer_tokens(request):
+    if unsupported and preferences.get("handling") != "lenient":
         raise ApiError(400, f"$export does not support {', '.join(unsupported)} "
                             "(send 'Prefer: handling=lenient' to have them ignored)", "not-supported")
     types = tuple(dict.fromkeys(t.strip() for v in params.getlist("_type") for t in v.split(",") if t.strip()))
-    since = _instant("_since", params["_since"]) if "_since" in params else None
-    export = ExportRequest(level, types, since, it.resource_id)  # InvalidRequest → 400
-    store: FhirStore = request.app.state.store
+    since = parse_instant("_since", params["_since"]) if "_since" in params else None
+    export = ExportRequest(level, types, since, call.it.resource_id)  # InvalidRequest → 400
     if level == "group":
-        await store.read("Group", str(it.resource_id))  # 404 / 410 now, rather than a failed job later
-    worker: ExportWorker = request.app.state.export_worker
-    base = base_url(request)
+        await call.store.read("Group", str(call.it.resource_id))  # 404 / 410 now, rather than a failed job later
+    worker = call.services.export_worker
+    base = call.base
     kick_off_url = base + request.url.path.removeprefix("/fhir") + (f"?{request.url.query}" if request.url.query
                                                                       else "")
     job = await worker.queue.submit(export, kick_off_url)
@@ -111,16 +118,16 @@ async def _kick_off(it: Interaction, level: Level) -> Response:
 # ---- status, cancel, files ------------------------------------------------------------------
 
 @operation(router, "GET", "/$export-poll-status", "export-poll-status", advertise=False)
-async def export_status(it: Interaction) -> Response:
+async def export_status(call: Call) -> Response:
     """202 with X-Progress while the export runs; the manifest (200) when done; 500 if it failed."""
-    job = await _job(it)
+    job = await _job(call)
     if job.status in ("queued", "running"):
-        worker: ExportWorker = it.request.app.state.export_worker
+        worker = call.services.export_worker
         return Response(status_code=202, headers={"X-Progress": _progress(job, worker), "Retry-After": "2"})
     if job.status == "failed":
         outcome = operation_outcome([Issue("exception", job.error or "The export failed")])
         return fhir_response(outcome, 500)
-    base = base_url(it.request)
+    base = call.base
     manifest = {
         "transactionTime": format_instant(job.transaction_time),
         "request": job.request_url,
@@ -133,10 +140,10 @@ async def export_status(it: Interaction) -> Response:
 
 
 @operation(router, "DELETE", "/$export-poll-status", "export-poll-status", advertise=False)
-async def export_cancel(it: Interaction) -> Response:
+async def export_cancel(call: Call) -> Response:
     """Cancel an export: stop it if it runs, and delete the job and its files."""
-    job_id = _job_id(it)
-    worker: ExportWorker = it.request.app.state.export_worker
+    job_id = _job_id(call)
+    worker = call.services.export_worker
     if not await worker.cancel(job_id):
         raise ApiError(404, f"There is no export job '{job_id}'", "not-found")
     return fhir_response(_information(f"Export {job_id} cancelled; its files are deleted"), 202)
@@ -144,13 +151,13 @@ async def export_cancel(it: Interaction) -> Response:
 
 @operation(router, "GET", "/$export-file/{job_id}/{file_name}", "export-file", advertise=False,
            negotiate=False)
-async def export_file(it: Interaction) -> Response:
+async def export_file(call: Call) -> Response:
     """One NDJSON file of a completed export, streamed from disk."""
-    job_id, file_name = it.request.path_params["job_id"], it.request.path_params["file_name"]
+    job_id, file_name = call.request.path_params["job_id"], call.request.path_params["file_name"]
     missing = ApiError(404, f"Export {job_id} has no file '{file_name}'", "not-found")
     if not _JOB_ID.fullmatch(job_id) or not _FILE_NAME.fullmatch(file_name):
         raise missing
-    worker: ExportWorker = it.request.app.state.export_worker
+    worker = call.services.export_worker
     job = await worker.queue.get(job_id)
     if job is None or job.status != "complete" or file_name not in {o["file"] for o in job.output}:
         raise missing
@@ -162,17 +169,16 @@ async def export_file(it: Interaction) -> Response:
 
 # ---- helpers --------------------------------------------------------------------------------
 
-def _job_id(it: Interaction) -> str:
-    job_id = it.request.query_params.get("_jobId", "")
+def _job_id(call: Call) -> str:
+    job_id = call.request.query_params.get("_jobId", "")
     if not _JOB_ID.fullmatch(job_id):
         raise ApiError(404, f"There is no export job '{job_id}'", "not-found")
     return job_id
 
 
-async def _job(it: Interaction) -> Job:
-    job_id = _job_id(it)
-    worker: ExportWorker = it.request.app.state.export_worker
-    job = await worker.queue.get(job_id)
+async def _job(call: Call) -> Job:
+    job_id = _job_id(call)
+    job = await call.services.export_worker.queue.get(job_id)
     if job is None:
         raise ApiError(404, f"There is no export job '{job_id}'", "not-found")
     return job
@@ -186,18 +192,6 @@ def _progress(job: Job, worker: ExportWorker) -> str:
         return f"waiting until {start} for writes in flight at the transaction time to land"
     planned = len(Exporter.types_for(job.request))
     return f"{sum(job.progress.values())} resources exported; {len(job.progress)} of {planned} types started"
-
-
-def _prefer_tokens(request: Request) -> set[str]:
-    return {item.strip().replace(" ", "") for item in re.split(r"[,;]", request.headers.get("prefer", ""))}
-
-
-def _instant(name: str, raw: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise ApiError(400, f"{name} must be a FHIR instant like 2025-01-31T08:00:00Z; got '{raw}'") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _information(message: str) -> dict[str, object]:

@@ -1,22 +1,20 @@
 """The CapabilityStatement, generated from the registered routes and the resource models.
 
-Nothing here is a hand-written claim: interactions come from `routes.CAPABILITIES`
+Nothing here is a hand-written claim: interactions come from `routing.CAPABILITIES`
 (one entry per route that exists), resource types from the R4B models, search
 parameters from the same registry the search uses.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
 import emr
-from emr.api.routes import CAPABILITIES
-from fhir_store.compartments import compartments
-from fhir_store.documents import format_instant
-from fhir_store.resource_types import FHIR_VERSION, resource_types
-from fhir_store.search.registry import MODIFIERS, registry
+from emr.api.routing import CAPABILITIES
+from fhir_store import FHIR_VERSION, MODIFIERS, Registry, format_instant, now
+from fhir_store import compartment_definitions as compartments
+from fhir_store import known_resource_types as resource_types
 
 #: Canonical definitions of the operations the routes implement, by (name, level).
 OPERATION_DEFINITIONS = {
@@ -38,10 +36,10 @@ def _operations(level: str) -> list[dict[str, str]]:
 
 
 @cache
-def _resource_entries() -> tuple[dict[str, Any], ...]:
+def _resource_entries(reg: Registry) -> tuple[dict[str, Any], ...]:
+    """Built once per registry (a few ms per type): the routes are all registered by the time it is asked."""
     type_codes = sorted({c.code for c in CAPABILITIES if c.level in ("type", "instance")})
     conditional = {c.code for c in CAPABILITIES if c.conditional}
-    reg = registry()
     revincludes: dict[str, list[str]] = {}
     for source in resource_types():
         for param in reg.params(source).values():
@@ -80,12 +78,12 @@ def _search_param(code: str, url: str, ptype: str) -> dict[str, Any]:
             "documentation": f"Modifiers: {modifiers or 'none'}{chain}"}
 
 
-def capability_statement(base: str) -> dict[str, Any]:
+def capability_statement(base: str, registry: Registry) -> dict[str, Any]:
     system_codes = sorted({c.code for c in CAPABILITIES if c.level == "system" and c.code != "capabilities"})
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
-        "date": format_instant(datetime.now(UTC)),
+        "date": format_instant(now()),
         "publisher": "An Giang EMR",
         "kind": "instance",
         "software": {"name": "An Giang EMR", "version": emr.__version__},
@@ -95,7 +93,7 @@ def capability_statement(base: str) -> dict[str, Any]:
         "patchFormat": ["application/json-patch+json"],
         "rest": [{
             "mode": "server",
-            "resource": list(_resource_entries()),
+            "resource": list(_resource_entries(registry)),
             "interaction": [{"code": code} for code in system_codes],
             "operation": _operations("system"),
             "compartment": [f"http://hl7.org/fhir/CompartmentDefinition/{c.lower()}" for c in compartments()]

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from fastapi import Response
 
-from fhir_store.errors import Issue, operation_outcome
+from fhir_store import Issue, operation_outcome
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 

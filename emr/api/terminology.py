@@ -14,11 +14,10 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from emr.api.formats import is_pretty, read_json
-from emr.api.pipeline import Interaction
+from emr.api.context import Call
 from emr.api.responses import ApiError, fhir_response
-from emr.api.routes import operation
-from fhir_store.terminology import TerminologyService
+from emr.api.routing import operation
+from fhir_store import TerminologyService
 
 router = APIRouter(prefix="/fhir")
 
@@ -58,13 +57,13 @@ class OperationInput:
         return value
 
 
-async def _input(it: Interaction) -> OperationInput:
+async def _input(call: Call) -> OperationInput:
     out = OperationInput()
-    for key, value in it.request.query_params.multi_items():
+    for key, value in call.query:
         if not key.startswith("_"):
             out.values.setdefault(key, []).append(value)
-    if it.request.method == "POST":
-        body = await read_json(it.request, it.request.app.state.settings.max_body_bytes)
+    if call.request.method == "POST":
+        body = await call.json()
         if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
             raise ApiError(400, "A POSTed operation takes a Parameters resource")
         for param in body.get("parameter", []):
@@ -76,56 +75,56 @@ async def _input(it: Interaction) -> OperationInput:
     return out
 
 
-def _service(it: Interaction) -> TerminologyService:
-    service: TerminologyService = it.request.app.state.terminology
-    return service
+def _service(call: Call) -> TerminologyService:
+    return call.services.terminology
 
 
-def _language(it: Interaction, params: OperationInput) -> str | None:
+def _language(call: Call, params: OperationInput) -> str | None:
     """`displayLanguage`, else the first language of `Accept-Language`."""
     wanted = params.text("displayLanguage")
     if wanted:
         return wanted
-    header = it.request.headers.get("accept-language", "")
+    header = call.request.headers.get("accept-language", "")
     first = header.split(",")[0].split(";")[0].strip()
     return first if first and first != "*" else None
 
 
-def _answer(it: Interaction, body: dict[str, Any]) -> Response:
-    return fhir_response(body, pretty=is_pretty(it.request))
+def _answer(call: Call, body: dict[str, Any]) -> Response:
+    return fhir_response(body, pretty=call.pretty)
 
 
 # ---- CodeSystem -------------------------------------------------------------------------------
 
-async def _lookup(it: Interaction) -> Response:
+async def _lookup(call: Call) -> Response:
     """The display (in `displayLanguage`), designations and properties of one code."""
-    params = await _input(it)
+    params = await _input(call)
     coding = params.complex("coding") or {}
     system = params.text("system") or coding.get("system")
     code = params.text("code") or coding.get("code")
     version = params.text("version") or coding.get("version")
-    result = await _service(it).lookup(system, code, version=version, display_language=_language(it, params))
-    return _answer(it, result)
+    result = await _service(call).lookup(system, code, version=version, display_language=_language(call, params))
+    return _answer(call, result)
 
 
-async def _validate_in_system(it: Interaction) -> Response:
+async def _validate_in_system(call: Call) -> Response:
     """Is this code in the code system (the one at this id, or `url`)? With `display`, is that its title?"""
-    params = await _input(it)
-    service = _service(it)
+    params = await _input(call)
+    service = _service(call)
     url = params.text("url") or params.text("system")
     version = params.text("version")
-    if it.resource_id is not None:
-        entry = await service.catalog.by_id("CodeSystem", it.resource_id)
+    if call.it.resource_id is not None:
+        entry = await service.entry("CodeSystem", call.it.resource_id)
         if entry is None:
-            await it.request.app.state.store.read("CodeSystem", it.resource_id)  # 404 / 410 with the store's words
-            raise ApiError(404, f"CodeSystem/{it.resource_id} has no url, so it cannot validate codes", "not-found")
+            await call.store.read("CodeSystem", call.it.resource_id)  # 404 / 410 with the store's words
+            raise ApiError(404, f"CodeSystem/{call.it.resource_id} has no url, so it cannot validate codes",
+                           "not-found")
         url, version = entry.url, entry.version
-    return await _validate(it, params, service, url, version, None)
+    return await _validate(call, params, service, url, version, None)
 
 
-async def _validate(it: Interaction, params: OperationInput, service: TerminologyService, system: str | None,
+async def _validate(call: Call, params: OperationInput, service: TerminologyService, system: str | None,
                     version: str | None, value_set: dict[str, Any] | None) -> Response:
-    language = _language(it, params)
+    language = _language(call, params)
     concept = params.complex("codeableConcept")
     if concept is not None:
         codings = concept.get("coding") or []
@@ -135,13 +134,13 @@ async def _validate(it: Interaction, params: OperationInput, service: Terminolog
                                                display=c.get("display"), value_set=value_set,
                                                display_language=language) for c in codings]
         good = [a for a in answers if a["parameter"][0]["valueBoolean"]]
-        return _answer(it, good[0] if good else answers[0])
+        return _answer(call, good[0] if good else answers[0])
     coding = params.complex("coding") or {}
     result = await service.validate_code(
         system or coding.get("system"), params.text("code") or coding.get("code"),
         version=version or coding.get("version"), display=params.text("display") or coding.get("display"),
         value_set=value_set, display_language=language)
-    return _answer(it, result)
+    return _answer(call, result)
 
 
 for _method in ("GET", "POST"):
@@ -154,41 +153,40 @@ for _method in ("GET", "POST"):
 
 # ---- ValueSet ---------------------------------------------------------------------------------
 
-async def _value_set(it: Interaction, params: OperationInput) -> dict[str, Any]:
+async def _value_set(call: Call, params: OperationInput) -> dict[str, Any]:
     inline = params.complex("valueSet")
     if inline is not None:
         return inline
-    store = it.request.app.state.store
-    if it.resource_id is not None:
-        return (await store.read("ValueSet", it.resource_id)).resource or {}
+    if call.it.resource_id is not None:
+        return (await call.store.read("ValueSet", call.it.resource_id)).resource or {}
     url = params.text("url")
     if not url:
         raise ApiError(400, "Name the value set: /ValueSet/[id]/$…, or the url parameter, or valueSet (POST)")
-    found = await _service(it).value_set(url)
+    found = await _service(call).value_set(url)
     if found is None:
         raise ApiError(404, f"No ValueSet with url {url} is loaded", "not-found")
     return found
 
 
-async def _expand(it: Interaction) -> Response:
+async def _expand(call: Call) -> Response:
     """The value set's codes; `filter` matches words of the titles (accents ignored) or a code prefix."""
-    params = await _input(it)
-    vs = await _value_set(it, params)
-    settings = it.request.app.state.settings
+    params = await _input(call)
+    vs = await _value_set(call, params)
+    settings = call.settings
     count = params.number("count")
-    result = await _service(it).expand(
+    result = await _service(call).expand(
         value_set=vs, text=params.text("filter"), offset=params.number("offset") or 0,
         count=min(count if count is not None else settings.default_page_size, settings.max_page_size),
         active_only=params.flag("activeOnly"), exclude_not_for_ui=params.flag("excludeNotForUI"),
-        display_language=_language(it, params), include_designations=params.flag("includeDesignations"))
-    return _answer(it, result)
+        display_language=_language(call, params), include_designations=params.flag("includeDesignations"))
+    return _answer(call, result)
 
 
-async def _validate_in_value_set(it: Interaction) -> Response:
+async def _validate_in_value_set(call: Call) -> Response:
     """Is this code (coding, codeableConcept) in the value set?"""
-    params = await _input(it)
-    vs = await _value_set(it, params)
-    return await _validate(it, params, _service(it), params.text("system"), params.text("systemVersion"), vs)
+    params = await _input(call)
+    vs = await _value_set(call, params)
+    return await _validate(call, params, _service(call), params.text("system"), params.text("systemVersion"), vs)
 
 
 for _method in ("GET", "POST"):
@@ -202,14 +200,14 @@ for _method in ("GET", "POST"):
 
 # ---- ConceptMap -------------------------------------------------------------------------------
 
-async def _translate(it: Interaction) -> Response:
+async def _translate(call: Call) -> Response:
     """What a code maps to, e.g. an old (pre-July-2025) commune to the commune that replaced it."""
-    params = await _input(it)
+    params = await _input(call)
     coding = params.complex("coding") or {}
-    result = await _service(it).translate(
-        resource_id=it.resource_id, url=params.text("url"), system=params.text("system") or coding.get("system"),
+    result = await _service(call).translate(
+        resource_id=call.it.resource_id, url=params.text("url"), system=params.text("system") or coding.get("system"),
         code=params.text("code") or coding.get("code"), target=params.text("targetsystem") or params.text("target"))
-    return _answer(it, result)
+    return _answer(call, result)
 
 
 for _method in ("GET", "POST"):

@@ -13,14 +13,14 @@ import asyncio
 import json
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 if TYPE_CHECKING:
-    from fhir_store.bulk.exporter import ExportRequest, ExportResult
+    from fhir_store import ExportRequest, ExportResult
 
 
 def export(
@@ -43,8 +43,7 @@ def export(
     since_instant = _instant(since) if since else None
 
     from emr.settings import get_settings
-    from fhir_store.bulk.exporter import ExportRequest
-    from fhir_store.errors import StoreError
+    from fhir_store import ExportRequest, StoreError
 
     try:
         request = ExportRequest("system", tuple(t.strip() for t in (types or "").split(",") if t.strip()),
@@ -68,8 +67,7 @@ async def _run(settings: Any, request: ExportRequest, out: Path, settle: timedel
 
     from emr.database import open_database
     from emr.services import open_services
-    from fhir_store.bulk.exporter import Exporter
-    from fhir_store.documents import format_instant, now
+    from fhir_store import Exporter, format_instant, now
 
     async with open_database(settings) as db:
         store = (await open_services(db, settings)).store  # indexes too: the export walks them
@@ -105,7 +103,7 @@ async def _run(settings: Any, request: ExportRequest, out: Path, settle: timedel
 
 
 def _report(result: ExportResult, seconds: float, as_json: bool) -> None:
-    from fhir_store.documents import format_instant
+    from fhir_store import format_instant
 
     rate = result.total / seconds if seconds > 0 else 0.0
     if as_json:
@@ -128,9 +126,10 @@ def _report(result: ExportResult, seconds: float, as_json: bool) -> None:
 
 
 def _instant(raw: str) -> datetime:
+    from fhir_store import InvalidRequest, parse_instant
+
     try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
+        return parse_instant("--since", raw)
+    except InvalidRequest:
         raise typer.BadParameter(f"'{raw}' is not an instant like 2025-01-31T08:00:00Z",
                                  param_hint="--since") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
-    from fhir_store.bulk.importer import ImportSummary, Rejection
+    from fhir_store import ImportSummary, Rejection
 
 DEFAULT_ERROR_FILE = Path("import-errors.ndjson")
 
@@ -125,7 +125,7 @@ async def _run(settings: Any, paths: list[Path], concurrency: int, errors: _Erro
 
     from emr.database import open_database
     from emr.services import open_services
-    from fhir_store.bulk.importer import BulkImporter
+    from fhir_store import BulkImporter
 
     try:
         async with open_database(settings) as db:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
-    from fhir_store.terminology.loader import SourceReport
+    from fhir_store import SourceReport
 
 app = typer.Typer(help="Code systems, value sets and concept maps: ICD-10, national lists, FHIR's own.",
                   no_args_is_help=True, rich_markup_mode=None)
@@ -50,7 +50,9 @@ def load(
     same edition again updates it in place, as a new version of the resource.
     """
     from emr.settings import get_settings
-    from fhir_store.terminology.sources import SHIPPED, SourceError, read
+    from fhir_store import SHIPPED_TERMINOLOGY as SHIPPED
+    from fhir_store import SourceError
+    from fhir_store import read_terminology_source as read
 
     where = path or SHIPPED
     try:
@@ -74,7 +76,7 @@ async def _load(settings: Any, sources: list[Any], *, show_progress: bool) -> li
 
     from emr.database import open_database
     from emr.services import open_services
-    from fhir_store.terminology.loader import load as load_sources
+    from fhir_store import load_terminology as load_sources
 
     total = sum(len(s.resources) for s in sources)
     console = Console(stderr=True)
@@ -160,4 +162,4 @@ async def _catalog(settings: Any) -> list[Any]:
 
     async with open_database(settings) as db:
         services = await open_services(db, settings)
-        return await services.terminology.catalog.all()
+        return await services.terminology.loaded()

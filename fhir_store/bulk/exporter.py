@@ -70,17 +70,18 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, Literal, cast
+from typing import IO, Literal
 
 import orjson
 
-from fhir_store.compartments import compartments, memberships
-from fhir_store.documents import Document, now
+from fhir_store.compartments import compartments
+from fhir_store.documents import STAMP_AND_RESOURCE, STAMP_FIELDS, Document, Stamp, stamp, type_range
 from fhir_store.errors import InvalidRequest, ResourceNotFound
 from fhir_store.ids import check_id, current_key
+from fhir_store.instants import now, utc
 from fhir_store.resource_types import resource_types
-from fhir_store.search.extract import extract, normalise_reference
-from fhir_store.search.registry import registry
+from fhir_store.search.extract import normalise_reference
+from fhir_store.search.indexing import indexer
 from fhir_store.store import FhirStore
 
 Level = Literal["system", "patient", "group"]
@@ -93,8 +94,6 @@ DEFAULT_SETTLE = timedelta(seconds=65)
 #: Called when a type with documents starts (count 0), after each batch, and at its end (done=True).
 Progress = Callable[[str, int, bool], Awaitable[None]]
 
-_FULL = {"type": True, "id": True, "vid": True, "ts": True, "deleted": True, "cp": True, "res": True}
-_LEAN = {"type": True, "id": True, "vid": True, "ts": True, "deleted": True, "cp": True}
 
 
 @dataclass(frozen=True)
@@ -118,7 +117,7 @@ class ExportRequest:
             if rtype not in known:
                 raise InvalidRequest(f"_type names an unknown resource type '{rtype}'")
         if self.since is not None:
-            object.__setattr__(self, "since", _utc(self.since))
+            object.__setattr__(self, "since", utc(self.since))
 
     def to_document(self) -> Document:
         return {"level": self.level, "types": list(self.types), "since": self.since, "group_id": self.group_id}
@@ -155,6 +154,7 @@ class Exporter:
         self.resources = store.resources
         self.history = store.history_versions
         self.batch_size = batch_size
+        self._index = indexer(store.registry)
 
     @staticmethod
     def types_for(request: ExportRequest) -> list[str]:
@@ -168,7 +168,7 @@ class Exporter:
 
     async def estimate(self, resource_type: str) -> int:
         """Documents of a type, deletions and later versions included: an upper bound, for progress bars."""
-        return await self.resources.count_documents(_type_range(resource_type))
+        return await self.resources.count_documents(_walk(resource_type))
 
     async def export(self, request: ExportRequest, out_dir: Path, *, transaction_time: datetime | None = None,
                      settle: timedelta = DEFAULT_SETTLE, progress: Progress | None = None) -> ExportResult:
@@ -178,7 +178,7 @@ class Exporter:
         should hand over an empty one: existing files of exported types are
         overwritten, others are left alone.
         """
-        at = _utc(transaction_time) if transaction_time is not None else now()
+        at = utc(transaction_time) if transaction_time is not None else now()
         at = at.replace(microsecond=at.microsecond // 1000 * 1000)  # what BSON dates keep
         types = self.types_for(request)
         members = await self._group_members(str(request.group_id), at) if request.level == "group" else None
@@ -197,7 +197,7 @@ class Exporter:
 
     async def _export_type(self, rtype: str, request: ExportRequest, at: datetime, members: frozenset[str] | None,
                            out_dir: Path, progress: Progress | None) -> ExportFile | None:
-        walk = _type_range(rtype)
+        walk = _walk(rtype)
         # Most of the 141 types are empty: one cheap probe, and no progress noise for them. (Documents are
         # never removed, only tombstoned, so a type without documents now had none at T either.)
         if await self.resources.find_one(walk, {"_id": True}) is None:
@@ -207,14 +207,14 @@ class Exporter:
         # A selective export (a Group, `_since`) walks the small fields and fetches the resources it keeps; one
         # that keeps most of them (system, patient) reads them all in the walk.
         lean = request.level == "group" or request.since is not None
-        cursor = self.resources.find(walk, _LEAN if lean else _FULL, batch_size=self.batch_size)
+        cursor = self.resources.find(walk, STAMP_FIELDS if lean else STAMP_AND_RESOURCE, batch_size=self.batch_size)
         path = out_dir / f"{rtype}.ndjson"
         out: IO[bytes] | None = None
         count = 0
         try:
-            batch: list[Document] = []
+            batch: list[Stamp] = []
             async for doc in cursor:
-                batch.append(doc)
+                batch.append(stamp(doc))
                 if len(batch) < self.batch_size:
                     continue
                 lines = await self._lines(rtype, batch, request, at, members, lean)
@@ -234,64 +234,64 @@ class Exporter:
             await progress(rtype, count, True)
         return ExportFile(rtype, path, count) if count else None
 
-    async def _lines(self, rtype: str, batch: list[Document], request: ExportRequest, at: datetime,
+    async def _lines(self, rtype: str, batch: list[Stamp], request: ExportRequest, at: datetime,
                      members: frozenset[str] | None, lean: bool) -> list[bytes]:
         """NDJSON lines of a batch of walked documents, each replaced by its version at T when newer."""
-        kept = [d for d in batch if _utc(d["ts"]) <= at and not d["deleted"]
-                and _in_scope(request, members, d["ts"], d.get("cp") or [])]
-        late = [d["id"] for d in batch if _utc(d["ts"]) > at]
-        fetched: dict[str, Document] = {}
+        kept = [d for d in batch if d.ts <= at and not d.deleted and _in_scope(request, members, d.ts, d.cp)]
+        late = [d.id for d in batch if d.ts > at]
+        fetched: dict[str, Stamp] = {}
         if lean and kept:
-            keys = [current_key(rtype, d["id"]) for d in kept]
-            fetched = {d["id"]: d async for d in self.resources.find({"_id": {"$in": keys}}, _FULL)}
+            keys = [current_key(rtype, d.id) for d in kept]
+            found = self.resources.find({"_id": {"$in": keys}}, STAMP_AND_RESOURCE)
+            fetched = {d.id: d for d in [stamp(doc) async for doc in found]}
             # Updated between the walk and the fetch: the version the walk selected is in history now.
-            late += [rid for rid, d in fetched.items() if _utc(d["ts"]) > at]
+            late += [rid for rid, d in fetched.items() if d.ts > at]
         at_t = await self._versions_at(rtype, late, at) if late else {}
-        selected = {d["id"] for d in kept}
+        selected = {d.id for d in kept}
         lines = []
-        for doc in batch:
-            rid = doc["id"]
+        for walked in batch:
+            rid = walked.id
+            version: Stamp | None
             if rid in selected:
-                current = fetched.get(rid, doc) if lean else doc
-                version = current if _utc(current["ts"]) <= at else at_t.get(rid)
-            elif _utc(doc["ts"]) > at:
+                current = fetched.get(rid, walked) if lean else walked
+                version = current if current.ts <= at else at_t.get(rid)
+            elif walked.ts > at:
                 version = at_t.get(rid)
-                if version is not None and not version["deleted"] and not self._archived_in_scope(
-                        rtype, version, request, members):
+                if version is not None and not version.deleted and not self._archived_in_scope(
+                        version, request, members):
                     version = None
             else:
                 continue
-            if version is None or version["deleted"]:
+            if version is None or version.deleted:
                 continue  # created after T, or deleted at T
-            lines.append(orjson.dumps(version["res"], option=orjson.OPT_APPEND_NEWLINE))
+            lines.append(orjson.dumps(version.res, option=orjson.OPT_APPEND_NEWLINE))
         return lines
 
-    async def _versions_at(self, rtype: str, ids: Iterable[str], at: datetime) -> dict[str, Document]:
+    async def _versions_at(self, rtype: str, ids: Iterable[str], at: datetime) -> dict[str, Stamp]:
         """For each id, its latest archived version with lastUpdated <= T (absent: created after T)."""
-        found: dict[str, Document] = {}
-        async for doc in self.history.find({"type": rtype, "id": {"$in": list(ids)}}, _FULL):
-            best = found.get(doc["id"])
-            if _utc(doc["ts"]) <= at and (best is None or doc["vid"] > best["vid"]):
-                found[doc["id"]] = doc
+        found: dict[str, Stamp] = {}
+        async for doc in self.history.find({"type": rtype, "id": {"$in": list(ids)}}, STAMP_AND_RESOURCE):
+            version = stamp(doc)
+            best = found.get(version.id)
+            if version.ts <= at and (best is None or version.vid > best.vid):
+                found[version.id] = version
         return found
 
-    @staticmethod
-    def _archived_in_scope(rtype: str, version: Document, request: ExportRequest,
-                           members: frozenset[str] | None) -> bool:
+    def _archived_in_scope(self, version: Stamp, request: ExportRequest, members: frozenset[str] | None) -> bool:
         """`_since` and the level's rule for an archived version, whose compartments are not stored."""
-        if request.level == "system":
-            return _in_scope(request, members, version["ts"], [])
-        ix, _ = extract(registry(), version["res"])
-        return _in_scope(request, members, version["ts"], memberships(rtype, version["id"], ix))
+        if request.level == "system" or version.res is None:
+            return _in_scope(request, members, version.ts, [])
+        return _in_scope(request, members, version.ts, self._index(version.res).cp)
 
     async def _group_members(self, group_id: str, at: datetime) -> frozenset[str]:
         """The Group's Patient members ("Patient/id") as the Group was at T."""
-        doc = await self.resources.find_one({"_id": current_key("Group", group_id)}, _FULL)
-        if doc is not None and _utc(doc["ts"]) > at:
-            doc = (await self._versions_at("Group", [group_id], at)).get(group_id)
-        if doc is None or doc["deleted"]:
+        doc = await self.resources.find_one({"_id": current_key("Group", group_id)}, STAMP_AND_RESOURCE)
+        version = stamp(doc) if doc is not None else None
+        if version is not None and version.ts > at:
+            version = (await self._versions_at("Group", [group_id], at)).get(group_id)
+        if version is None or version.deleted or version.res is None:
             raise ResourceNotFound(f"Group/{group_id} did not exist at the export's transaction time")
-        group = cast(dict[str, Any], doc["res"])
+        group = version.res
         refs = []
         for member in group.get("member") or []:
             reference = (member.get("entity") or {}).get("reference")
@@ -303,8 +303,8 @@ class Exporter:
         return frozenset(refs)
 
 
-def _type_range(rtype: str) -> Document:
-    """Every document of a type, as a range of the (type, _id) index: "Observation/" <= _id < "Observation0".
+def _walk(rtype: str) -> Document:
+    """Every document of a type (`documents.type_range`), and nothing else.
 
     No other condition goes into the walk's query, so every planner (MongoDB's, the embedded server's)
     walks an index whose keys no update changes — `type_id` or `_id_` — and meets each document exactly
@@ -312,12 +312,12 @@ def _type_range(rtype: str) -> Document:
     is updated during the export, and miss it. Filtering happens here instead, and index hints are not
     used: the embedded server ignores the bounds of a hinted index and reads all of it.
     """
-    return {"type": rtype, "_id": {"$gte": f"{rtype}/", "$lt": f"{rtype}0"}}  # "0" follows "/" in ASCII
+    return type_range(rtype)
 
 
 def _in_scope(request: ExportRequest, members: frozenset[str] | None, ts: datetime, cp: list[str]) -> bool:
     """`_since` and the level's compartment rule, for a version's lastUpdated and compartments."""
-    if request.since is not None and _utc(ts) < request.since:
+    if request.since is not None and utc(ts) < request.since:
         return False
     if request.level == "patient":
         return any(c.startswith("Patient/") for c in cp)
@@ -337,8 +337,3 @@ async def _write(out: IO[bytes] | None, path: Path, lines: list[bytes]) -> IO[by
         out = await asyncio.to_thread(path.open, "wb")
     await asyncio.to_thread(out.write, b"".join(lines))
     return out
-
-
-def _utc(moment: datetime) -> datetime:
-    """Aware UTC, whatever the client's tz setting: comparisons of naive and aware datetimes raise."""
-    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)

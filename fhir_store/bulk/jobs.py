@@ -38,7 +38,7 @@ import shutil
 import socket
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,8 +46,9 @@ from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from fhir_store.bulk.exporter import DEFAULT_SETTLE, Exporter, ExportRequest
-from fhir_store.documents import Document, now
+from fhir_store.documents import Document
 from fhir_store.errors import StoreError
+from fhir_store.instants import now, utc
 from fhir_store.store import FhirStore
 
 log = logging.getLogger("emr.export")
@@ -78,9 +79,9 @@ class Job:
     @classmethod
     def from_document(cls, doc: Document) -> Job:
         return cls(id=doc["_id"], status=doc["status"], request=ExportRequest.from_document(doc["request"]),
-                   request_url=doc["request_url"], transaction_time=_utc(doc["transaction_time"]),
-                   created=_utc(doc["created"]), attempts=doc.get("attempts", 0), owner=doc.get("owner"),
-                   lease_until=_utc(doc["lease_until"]) if doc.get("lease_until") else None,
+                   request_url=doc["request_url"], transaction_time=utc(doc["transaction_time"]),
+                   created=utc(doc["created"]), attempts=doc.get("attempts", 0), owner=doc.get("owner"),
+                   lease_until=utc(doc["lease_until"]) if doc.get("lease_until") else None,
                    progress=dict(doc.get("progress") or {}), output=list(doc.get("output") or []),
                    error=doc.get("error"))
 
@@ -317,7 +318,3 @@ def _publish(files: list[Path], staging: Path, final: Path) -> None:
     for path in files:
         os.replace(path, final / path.name)
     shutil.rmtree(staging, ignore_errors=True)
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)

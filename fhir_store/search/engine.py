@@ -19,10 +19,12 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 
 from fhir_store.compartments import compartment_params
-from fhir_store.documents import version_from_document
+from fhir_store.documents import VERSION_FIELDS, version_from_document
 from fhir_store.errors import InvalidSearch, Issue
 from fhir_store.model import Version
-from fhir_store.search.query import Clause, Filter, QueryBuilder, Terminology, TypeQuery, match_stages
+from fhir_store.params import page_size
+from fhir_store.search.clauses import Clause, Filter, TypeQuery
+from fhir_store.search.query import QueryBuilder, Terminology, match_stages
 from fhir_store.search.registry import Registry
 
 #: Query parameters that shape the result rather than select resources.
@@ -34,7 +36,6 @@ MAX_INCLUDED = 1000
 #: Types `$everything` adds when the patient's records reference them (they are outside the compartment).
 EVERYTHING_REFERENCED = {"Practitioner", "PractitionerRole", "Organization", "Location", "Medication", "Device",
                          "Substance", "HealthcareService"}
-_BASE_FIELDS = {"type": True, "id": True, "vid": True, "ts": True, "oid": True, "op": True, "res": True}
 
 
 @dataclass(frozen=True)
@@ -70,20 +71,21 @@ class SearchResult:
     next_cursor: str | None
     previous_cursor: str | None
     issues: list[Issue]
+    #: How the client asked entries to be shaped (`_summary`, `_elements`).
+    summary: str | None = None
+    elements: list[str] | None = None
 
 
 def parse_request(registry: Registry, types: list[str], params: list[tuple[str, str]], *, strict: bool,
-                  default_count: int, max_count: int) -> SearchRequest:
+                  default_count: int, max_count: int, local_base: str | None = None) -> SearchRequest:
     """Split the query into selection criteria and result parameters, checking the latter."""
-    request = SearchRequest(types=types, count=default_count, strict=strict)
+    request = SearchRequest(types=types, count=default_count, strict=strict, local_base=local_base)
     for name, value in params:
         base = name.split(":", 1)[0]
         if base not in RESULT_PARAMETERS:
             request.criteria.append((name, value))
         elif base == "_count":
-            if not value.isdigit():
-                raise InvalidSearch(f"_count must be a whole number, not '{value}'")
-            request.count = min(int(value), max_count)
+            request.count = page_size(value, default_count, max_count)
         elif base == "_sort":
             request.sort = [_sort_key(registry, types, key) for key in value.split(",") if key]
         elif base in ("_include", "_revinclude"):
@@ -140,11 +142,12 @@ class SearchEngine:
     embedded server with a simpler planner still starts from the right index.
     """
 
-    def __init__(self, registry: Registry, resources: AsyncCollection[dict[str, Any]]) -> None:
+    def __init__(self, registry: Registry, resources: AsyncCollection[dict[str, Any]],
+                 terminology: Terminology | None = None) -> None:
         self.registry = registry
         self.resources = resources
-        #: Set by the terminology service when attached; token `:in`, `:below`, … need it.
-        self.terminology: Terminology | None = None
+        #: Token `:in`, `:below`, … need the terminology service; without it they match as plain tokens.
+        self.terminology = terminology
 
     async def queries(self, request: SearchRequest, issues: list[Issue],
                       compartment: tuple[str, str] | None = None,
@@ -171,12 +174,12 @@ class SearchEngine:
         issues: list[Issue] = []
         queries = await self.queries(request, issues, compartment, session)
         if request.summary == "count":
-            return SearchResult([], [], await self._count(queries, session), None, None, issues)
+            return SearchResult([], [], await self._count(queries, session), None, None, issues, request.summary)
         sort = request.sort if any(k == "_id" for k, _ in request.sort) else [*request.sort, ("_id", ASCENDING)]
         direction, last = _decode_cursor(request.cursor)
         run_sort = sort if direction == "after" else [(k, -d) for k, d in sort]
         keyset = None if last is None else _after(run_sort, last)
-        projection = {**_BASE_FIELDS, **{k: True for k, _ in sort if k.startswith("sk.")},
+        projection = {**VERSION_FIELDS, **{k: True for k, _ in sort if k.startswith("sk.")},
                       **self._include_projection(request)}
         pipeline = [*_match(queries, keyset), {"$sort": dict(run_sort)}, {"$limit": request.count + 1},
                     {"$project": projection}]
@@ -198,10 +201,10 @@ class SearchEngine:
             total = len(docs)  # known for free
         included = await self._includes(request, docs, issues, session) if request.count else []
         return SearchResult([version_from_document(d) for d in docs], included, total, next_cursor,
-                            previous_cursor, issues)
+                            previous_cursor, issues, request.summary, request.elements)
 
     async def everything(self, owner: str, *, types: list[str] | None, since: datetime | None, count: int,
-                         cursor: str | None) -> SearchResult:
+                         cursor: str | None, session: AsyncClientSession | None = None) -> SearchResult:
         """`$everything`: the compartment of `owner` ("Patient/1"), page by page in `_id` order, and on
         each page the practitioners, organisations, locations and medications it references."""
         direction, last = _decode_cursor(cursor)
@@ -215,8 +218,8 @@ class SearchEngine:
         if last is not None:
             rest.append({"_id": {"$gt": last[0]}})
         pipeline: list[Filter] = [{"$match": {"cp": owner}}, {"$match": {"$and": rest}}, {"$sort": {"_id": 1}},
-                                  {"$limit": count + 1}, {"$project": {**_BASE_FIELDS, "ix": True}}]
-        docs = [doc async for doc in await self.resources.aggregate(pipeline)]
+                                  {"$limit": count + 1}, {"$project": {**VERSION_FIELDS, "ix": True}}]
+        docs = [doc async for doc in await self.resources.aggregate(pipeline, session=session)]
         more = len(docs) > count
         docs = docs[:count]
         next_cursor = _encode_cursor("after", [docs[-1]["_id"]]) if more and docs else None
@@ -225,7 +228,7 @@ class SearchEngine:
                   if isinstance(ref, str) and ref.split("/", 1)[0] in EVERYTHING_REFERENCED and ref.count("/") == 1}
         if types:
             wanted = {ref for ref in wanted if ref.split("/", 1)[0] in types}
-        referenced = await self._fetch({"_id": {"$in": sorted(wanted - seen)}}, seen) if wanted - seen else []
+        referenced = await self._fetch({"_id": {"$in": sorted(wanted - seen)}}, seen, session) if wanted - seen else []
         matches = [version_from_document(d) for d in docs + referenced]
         total = len(matches) if last is None and not more else None
         return SearchResult(matches, [], total, next_cursor, None, [])
@@ -279,7 +282,7 @@ class SearchEngine:
     async def _fetch(self, first: Filter, seen: set[str],
                      session: AsyncClientSession | None = None) -> list[dict[str, Any]]:
         pipeline: list[Filter] = [{"$match": first}, {"$match": {"deleted": False}}, {"$limit": MAX_INCLUDED + 1},
-                    {"$project": {**_BASE_FIELDS, "ix": True}}]
+                    {"$project": {**VERSION_FIELDS, "ix": True}}]
         out = []
         async for doc in await self.resources.aggregate(pipeline, session=session):
             if doc["_id"] not in seen:

@@ -1,11 +1,10 @@
-"""Search parameters of a request turned into MongoDB filter clauses.
+"""Search criteria of a request turned into `Clause`s for each type searched.
 
 Each occurrence of a parameter becomes one `Clause` (they are ANDed); the
-comma-separated values inside one occurrence are ORed. A clause has its exact
-filter and, where one exists, a *driving* condition: a necessary condition on a
-single indexed field (e.g. a string prefix as a plain range, where the exact
-filter needs `$elemMatch`). The engine starts each query from the best driving
-condition, so the database walks one index and checks the rest on few rows.
+comma-separated values inside one occurrence are ORed. This module decides
+which parameter a criterion names, checks its modifier, and hands each value to
+`predicates`; what needs more than one value's text lives here: terminology
+modifiers (codes from the terminology service), chains and `_has`.
 
 Chained parameters (`subject:Patient.name=…`) and reverse chains
 (`_has:Observation:patient:code=…`) run in stages: the inner search yields ids
@@ -15,53 +14,19 @@ the outer clause matches with `$in` on an indexed field.
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 
 from fhir_store.errors import InvalidSearch, Issue, SearchTooCostly
-from fhir_store.search.dates import parse_range
-from fhir_store.search.extract import normalise_reference, token_values
-from fhir_store.search.registry import MODIFIERS, Registry, SearchParam
-from fhir_store.text import fold, nfc
-
-Filter = dict[str, Any]
-#: Sorts after every string that starts with a prefix, so [p, p + _TOP) is "starts with p".
-_TOP = "\U0010ffff"
-
-
-@dataclass(frozen=True)
-class Clause:
-    exact: Filter
-    drive: Filter | None = None
-
-
-@dataclass
-class TypeQuery:
-    """The clauses that select resources of one type (ANDed)."""
-
-    resource_type: str
-    clauses: list[Clause]
-
-PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
-_SPLIT_COMMA = re.compile(r"(?<!\\),")
-_SPLIT_PIPE = re.compile(r"(?<!\\)\|")
-_SPLIT_DOLLAR = re.compile(r"(?<!\\)\$")
-_NOTHING = Clause({"_id": {"$in": []}}, {"_id": {"$in": []}})
-
-
-def unescape(value: str) -> str:
-    return value.replace("\\,", ",").replace("\\|", "|").replace("\\$", "$").replace("\\\\", "\\")
-
-
-def split_values(raw: str) -> list[str]:
-    return [v for v in _SPLIT_COMMA.split(raw)]
+from fhir_store.indexes import DRIVING_FIELDS
+from fhir_store.search.clauses import Clause, Filter, TypeQuery
+from fhir_store.search.parameters import SPLIT_PIPE, split_values, unescape
+from fhir_store.search.predicates import any_of, modifier_allowed, point_date, predicate
+from fhir_store.search.registry import Registry, SearchParam
 
 
 class Terminology(Protocol):
@@ -139,7 +104,7 @@ class QueryBuilder:
                 except SearchTooCostly:  # a word or two matching half the lists: the record's own text only
                     codes = []
             else:
-                parts = _SPLIT_PIPE.split(value)
+                parts = SPLIT_PIPE.split(value)
                 if len(parts) > 2 or not parts[-1]:
                     raise InvalidSearch(f"{param.code}:{modifier} takes [system|]code, not '{value}'")
                 system = unescape(parts[0]) if len(parts) == 2 and parts[0] else None
@@ -147,7 +112,8 @@ class QueryBuilder:
             tokens = sorted({f"{system}|{code}" if system else code for system, code in codes})
             cond: Filter = {field: {"$in": tokens}}
             if modifier == "text":
-                alternatives.append(any_of([_token(self, param, "text", value, field), Clause(cond, None)]))
+                own_text = predicate(param, "text", value, field, self.local_base)  # the record's own text
+                alternatives.append(any_of([own_text, Clause(cond, None)]))
             else:
                 alternatives.append(Clause(cond, cond))
         clause = any_of(alternatives)
@@ -163,7 +129,7 @@ class QueryBuilder:
                 raise InvalidSearch(f"{param.code}:missing takes true or false, not '{raw}'")
             field = _FIELDS.get(param.code, f"ix.{param.code}")
             return Clause({field: {"$exists": raw == "false"}})
-        if modifier is not None and not _modifier_allowed(param, modifier):
+        if modifier is not None and not modifier_allowed(param, modifier):
             raise InvalidSearch(f"The modifier ':{modifier}' is not supported on {param.type} parameter "
                                 f"'{param.code}'")
         values = split_values(raw)
@@ -181,10 +147,9 @@ class QueryBuilder:
             key = {"_id": f"{param.owner}/{unescape(raw)}"}
             return Clause(key, key)
         if param.code == "_lastUpdated":
-            cond = _point_date(field, raw)
+            cond = point_date(field, raw)
             return Clause(cond, cond if "$or" not in cond else None)
-        builder = _BUILDERS[param.type]
-        return builder(self, param, modifier, raw, field)
+        return predicate(param, modifier, raw, field, self.local_base)
 
     # ---- chains and _has --------------------------------------------------------------------
 
@@ -235,33 +200,8 @@ class QueryBuilder:
 _FIELDS = {"_id": "_id", "_lastUpdated": "ts"}
 
 
-def any_of(alternatives: list[Clause]) -> Clause:
-    """OR of clauses; equalities on one field become one `$in`, which an index serves."""
-    if len(alternatives) == 1:
-        return alternatives[0]
-    exact: Filter = {"$or": [a.exact for a in alternatives]}
-    drives = [a.drive for a in alternatives]
-    if all(d is not None and len(d) == 1 for d in drives):
-        fields = {next(iter(d)) for d in drives if d}
-        if len(fields) == 1:
-            field = fields.pop()
-            values: list[Any] = []
-            for d in drives:
-                cond = d[field] if d else None
-                if isinstance(cond, dict) and set(cond) == {"$in"}:
-                    values += cond["$in"]
-                elif not isinstance(cond, dict):
-                    values.append(cond)
-                else:
-                    return Clause(exact)
-            return Clause(exact, {field: {"$in": values}})
-    return Clause(exact)
-
-
 def match_stages(query: TypeQuery, extra: list[Filter] | None = None) -> list[Filter]:
     """`$match` stages for one type: first the best driving condition (one index), then the rest."""
-    from fhir_store.indexes import DRIVING_FIELDS
-
     best: Filter | None = None
     best_rank = len(DRIVING_FIELDS)
     for clause in query.clauses:
@@ -273,247 +213,3 @@ def match_stages(query: TypeQuery, extra: list[Filter] | None = None) -> list[Fi
     first: Filter = {"type": query.resource_type, **(best or {})}
     rest: list[Filter] = [{"deleted": False}, *(c.exact for c in query.clauses), *(extra or [])]
     return [{"$match": first}, {"$match": {"$and": rest}}]
-
-
-def _modifier_allowed(param: SearchParam, modifier: str) -> bool:
-    allowed = MODIFIERS.get(param.type, ())
-    if param.code == "_id":
-        return False
-    if param.type == "reference" and modifier not in allowed:
-        return modifier in param.targets or (not param.targets and modifier[:1].isupper())
-    return modifier in allowed
-
-
-# ---- per-type value builders: each returns the Clause for one value --------------------------
-
-def _prefix_range(text: str) -> Filter:
-    return {"$gte": text, "$lt": text + _TOP}
-
-
-def _starts_with(field: str, text: str) -> Clause:
-    """Some element of the array `field` starts with `text`; the plain range drives the index."""
-    return Clause({field: {"$elemMatch": _prefix_range(text)}}, {field: _prefix_range(text)})
-
-
-def _string(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: str, field: str) -> Clause:
-    text = unescape(raw)
-    folded = fold(text)
-    if modifier == "exact":
-        return Clause({f"{field}:exact": nfc(text)}, {field: folded} if folded else None)
-    if not folded:
-        return _NOTHING
-    if modifier == "contains":
-        return Clause({field: {"$regex": re.escape(folded)}})
-    return _starts_with(field, folded)
-
-
-def _token(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: str, field: str) -> Clause:
-    if modifier == "text":
-        return Clause(_starts_with(f"{field}:text", fold(unescape(raw))).exact)
-    if modifier == "of-type":
-        parts = _SPLIT_PIPE.split(raw)
-        if len(parts) != 3 or not all(parts):
-            raise InvalidSearch(f"{param.code}:of-type takes system|code|value, not '{raw}'")
-        return Clause({f"{field}:of-type": "|".join(unescape(p) for p in parts)})
-    parts = _SPLIT_PIPE.split(raw)
-    if len(parts) > 2:
-        raise InvalidSearch(f"A token is [system]|[code]; '{raw}' has too many '|'")
-    if len(parts) == 1:
-        code = unescape(parts[0])
-        digits = re.sub(r"\D", "", code)
-        if param.code in ("phone", "telecom") and digits and digits != code:
-            cond: Filter = {field: {"$in": [code, digits]}}
-            return Clause(cond, cond)
-        return Clause({field: code}, {field: code})
-    system, code = unescape(parts[0]), unescape(parts[1])
-    if not code:
-        if not system:
-            raise InvalidSearch(f"'{param.code}=|' names neither a system nor a code")
-        return _starts_with(field, f"{system}|")
-    value = token_values(system or None, code)[0]
-    return Clause({field: value}, {field: value})
-
-
-def _reference(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: str, field: str) -> Clause:
-    value = unescape(raw)
-    if modifier == "identifier":
-        parts = _SPLIT_PIPE.split(raw)
-        system, code = (unescape(parts[0]), unescape(parts[1])) if len(parts) == 2 else (None, value)
-        return Clause({f"{field}:identifier": token_values(system or None, code)[0] if system else code})
-    if qb.local_base and value.startswith(qb.local_base.rstrip("/") + "/"):
-        value = value[len(qb.local_base.rstrip("/")) + 1:]
-    cond: Filter
-    if value.startswith(("http://", "https://", "urn:")):
-        cond = {field: value}
-    else:
-        value = normalise_reference(value)
-        if "/" in value:
-            if modifier and not value.startswith(f"{modifier}/"):
-                raise InvalidSearch(f"'{param.code}:{modifier}={raw}' names another type")
-            cond = {field: value}
-        else:
-            types = [modifier] if modifier else list(param.targets)
-            cond = {field: {"$in": [f"{t}/{value}" for t in types]}} if types else {field: value}
-    return Clause(cond, cond)
-
-
-def _split_prefix(raw: str) -> tuple[str, str]:
-    if len(raw) > 2 and raw[:2] in PREFIXES and (raw[2].isdigit() or raw[2] in "-+."):
-        return raw[:2], raw[2:]
-    return "eq", raw
-
-
-def _date_range(param_code: str, raw: str) -> tuple[str, datetime, datetime]:
-    prefix, text = _split_prefix(raw)
-    try:
-        lo, hi = parse_range(text)
-    except ValueError:
-        raise InvalidSearch(f"'{raw}' is not a valid date for '{param_code}' "
-                            "(use e.g. 2024, 2024-03, 2024-03-05 or 2024-03-05T08:30:00+07:00, "
-                            "with an optional prefix eq, ne, gt, lt, ge, le, sa, eb, ap)") from None
-    return prefix, lo, hi
-
-
-def _approx(lo: datetime, hi: datetime) -> tuple[datetime, datetime]:
-    now = datetime.now(UTC)
-    gap = max(abs((now - lo).total_seconds()), abs((now - hi).total_seconds())) * 0.1
-    delta = timedelta(seconds=max(gap, 86400))
-    return lo - delta, hi + delta
-
-
-def _date(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: str, field: str) -> Clause:
-    """Stored values are ranges [lo, hi); each prefix compares ranges the spec's way."""
-    prefix, lo, hi = _date_range(param.code, raw)
-    if prefix == "ap":
-        lo, hi = _approx(lo, hi)
-    cond = {
-        "eq": {"lo": {"$gte": lo}, "hi": {"$lte": hi}},
-        "ap": {"lo": {"$lt": hi}, "hi": {"$gt": lo}},
-        "gt": {"hi": {"$gt": hi}},
-        "lt": {"lo": {"$lt": lo}},
-        "ge": {"hi": {"$gt": lo}},
-        "le": {"lo": {"$lt": hi}},
-        "sa": {"lo": {"$gte": hi}},
-        "eb": {"hi": {"$lte": lo}},
-        "ne": {"lo": {"$gte": lo}, "hi": {"$lte": hi}},
-    }[prefix]
-    if prefix == "ne":
-        return Clause({field: {"$not": {"$elemMatch": cond}}})
-    # a necessary condition on `lo` alone lets the (lo, hi) index drive
-    lo_bound = {"eq": {"$gte": lo, "$lt": hi}, "ap": {"$lt": hi}, "lt": {"$lt": lo}, "le": {"$lt": hi},
-                "sa": {"$gte": hi}}.get(prefix)
-    return Clause({field: {"$elemMatch": cond}}, {f"{field}.lo": lo_bound} if lo_bound else None)
-
-
-def _point_date(field: str, raw: str) -> Filter:
-    """Date prefixes on a single instant (`_lastUpdated`), same meaning as on ranges."""
-    prefix, lo, hi = _date_range("_lastUpdated", raw)
-    if prefix == "ap":
-        lo, hi = _approx(lo, hi)
-        return {field: {"$gte": lo, "$lt": hi}}
-    conditions: dict[str, Filter] = {
-        "eq": {field: {"$gte": lo, "$lt": hi}},
-        "ne": {"$or": [{field: {"$lt": lo}}, {field: {"$gte": hi}}]},
-        "gt": {field: {"$gte": hi}},
-        "sa": {field: {"$gte": hi}},
-        "ge": {field: {"$gte": lo}},
-        "lt": {field: {"$lt": lo}},
-        "eb": {field: {"$lt": lo}},
-        "le": {field: {"$lt": hi}},
-    }
-    return conditions[prefix]
-
-
-def _decimal(param_code: str, text: str) -> tuple[float, float, float]:
-    """A search number and the range its precision implies: 100 is [99.5, 100.5)."""
-    try:
-        number = Decimal(text)
-    except InvalidOperation:
-        raise InvalidSearch(f"'{text}' is not a number for '{param_code}'") from None
-    if not number.is_finite():
-        raise InvalidSearch(f"'{text}' is not a finite number for '{param_code}'")
-    half = Decimal(5).scaleb(number.as_tuple().exponent - 1)  # type: ignore[operator]
-    return float(number), float(number - half), float(number + half)
-
-
-def _number_cond(prefix: str, value: float, lo: float, hi: float, lo_key: str, hi_key: str) -> Filter:
-    """Conditions on a stored value range [lo_key, hi_key] (equal for a single value)."""
-    if prefix == "ap":
-        delta = abs(value) * 0.1
-        return {lo_key: {"$lte": value + delta}, hi_key: {"$gte": value - delta}}
-    conditions: dict[str, Filter] = {
-        "eq": {lo_key: {"$gte": lo}, hi_key: {"$lt": hi}},
-        "gt": {hi_key: {"$gt": value}},
-        "sa": {lo_key: {"$gt": value}},
-        "ge": {hi_key: {"$gte": value}},
-        "lt": {lo_key: {"$lt": value}},
-        "eb": {hi_key: {"$lt": value}},
-        "le": {lo_key: {"$lte": value}},
-    }
-    return conditions[prefix]
-
-
-def _number(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: str, field: str) -> Clause:
-    prefix, text = _split_prefix(raw)
-    value, lo, hi = _decimal(param.code, text)
-    if prefix == "ne":
-        return Clause({field: {"$not": {"$elemMatch": {"$gte": lo, "$lt": hi}}}})
-    ops: dict[str, Filter] = {
-        "eq": {"$gte": lo, "$lt": hi}, "gt": {"$gt": value}, "sa": {"$gt": value}, "ge": {"$gte": value},
-        "lt": {"$lt": value}, "eb": {"$lt": value}, "le": {"$lte": value},
-        "ap": {"$gte": value - abs(value) * 0.1, "$lte": value + abs(value) * 0.1},
-    }
-    return Clause({field: {"$elemMatch": ops[prefix]}})
-
-
-def _quantity(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: str, field: str) -> Clause:
-    parts = _SPLIT_PIPE.split(raw)
-    if len(parts) not in (1, 3):
-        raise InvalidSearch(f"A quantity is [prefix]number[|system|code]; '{raw}' is not one")
-    prefix, text = _split_prefix(parts[0])
-    value, lo, hi = _decimal(param.code, text)
-    cond: Filter = {}
-    if len(parts) == 3:
-        system, code = unescape(parts[1]), unescape(parts[2])
-        if system:
-            cond["s"] = system
-        if code:
-            cond["$or"] = [{"c": code}, {"u": code}]
-    if prefix == "ne":
-        return Clause({field: {"$not": {"$elemMatch": {**cond, **_number_cond("eq", value, lo, hi, "lo", "hi")}}}})
-    return Clause({field: {"$elemMatch": {**cond, **_number_cond(prefix, value, lo, hi, "lo", "hi")}}})
-
-
-def _uri(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: str, field: str) -> Clause:
-    value = unescape(raw)
-    if modifier == "below":
-        return _starts_with(field, value)
-    if modifier == "above":
-        parts = value.split("/")
-        cond: Filter = {field: {"$in": ["/".join(parts[:i]) for i in range(3, len(parts) + 1)]}}
-        return Clause(cond, cond)
-    return Clause({field: value}, {field: value})
-
-
-def _composite(qb: QueryBuilder, param: SearchParam, modifier: str | None, raw: str, field: str) -> Clause:
-    pieces = _SPLIT_DOLLAR.split(raw)
-    if len(pieces) != len(param.components):
-        raise InvalidSearch(f"'{param.code}' takes {len(param.components)} values joined by '$'; got '{raw}'")
-    cond: Filter = {}
-    for i, (component, piece) in enumerate(zip(param.components, pieces, strict=True)):
-        fake = SearchParam(code=f"{param.code}${i}", type=component.param_type, url="", expression="",
-                           leaves=component.leaves)
-        cond.update(_BUILDERS[component.param_type](qb, fake, None, piece, str(i)).exact)
-    return Clause({field: {"$elemMatch": cond}})
-
-
-_BUILDERS = {
-    "string": _string,
-    "token": _token,
-    "reference": _reference,
-    "date": _date,
-    "number": _number,
-    "quantity": _quantity,
-    "uri": _uri,
-    "composite": _composite,
-}

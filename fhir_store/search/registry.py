@@ -122,6 +122,7 @@ class Registry:
 
 
 @cache
-def registry() -> Registry:
+def load_registry() -> Registry:
+    """The spec's search parameters, compiled (about a second): loaded once per process, then passed around."""
     bundle = json.loads(SPEC_FILE.read_text(encoding="utf-8"))
     return Registry([e["resource"] for e in bundle["entry"]])

@@ -1,7 +1,7 @@
 """One CodeSystem version in memory: its concepts by code, the is-a hierarchy, and a word index.
 
 Built once per CodeSystem version and process from the stored resource (see
-`service.py`), then every `$lookup`, `$validate-code`, `$expand` filter and
+`resolver.py`), then every `$lookup`, `$validate-code`, `$expand` filter and
 `:below` search is a dictionary or bisect away: the ICD-10 type-ahead box needs
 answers in milliseconds, and the database's own text matching cannot do
 "every typed word is the start of some word of the title, accents ignored".
@@ -144,8 +144,17 @@ class CodeSystemIndex:
             concept = self.concepts.get(folded) if folded else None
         return concept
 
+    @property
+    def canonical(self) -> str:
+        return f"{self.url}|{self.version}" if self.version else self.url
+
     def texts(self, concept: Concept) -> list[str]:
         return [t for t in [concept.display, *(d.get("value", "") for d in concept.designations)] if t]
+
+    def is_title(self, concept: Concept, display: str) -> bool:
+        """Whether `display` is one of the concept's titles, any language (case and outer spaces ignored)."""
+        wanted = display.strip().casefold()
+        return any(t.strip().casefold() == wanted for t in self.texts(concept))
 
     def display(self, concept: Concept, language: str | None) -> str:
         """The concept's title in `language` when the code system has one, else its display."""

@@ -1,0 +1,71 @@
+"""The value text of a search parameter turned into values: no MongoDB in here.
+
+FHIR escapes `,`, `|` and `$` with a backslash, so values are split on the
+unescaped separators only and unescaped afterwards. Dates and numbers carry an
+optional comparison prefix and an implicit precision, which becomes a range:
+`2024-03` is all of March, `100` is [99.5, 100.5).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+
+from fhir_store.errors import InvalidSearch
+from fhir_store.search.dates import parse_range
+
+PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+_SPLIT_COMMA = re.compile(r"(?<!\\),")
+#: Separates a token's system and code, a quantity's number, system and code.
+SPLIT_PIPE = re.compile(r"(?<!\\)\|")
+#: Separates the components of a composite value.
+SPLIT_DOLLAR = re.compile(r"(?<!\\)\$")
+
+
+def unescape(value: str) -> str:
+    return value.replace("\\,", ",").replace("\\|", "|").replace("\\$", "$").replace("\\\\", "\\")
+
+
+def split_values(raw: str) -> list[str]:
+    """The comma-separated (ORed) values of one occurrence of a parameter, still escaped."""
+    return [v for v in _SPLIT_COMMA.split(raw)]
+
+
+def split_prefix(raw: str) -> tuple[str, str]:
+    """`ge2024` → (`ge`, `2024`); no prefix means `eq`."""
+    if len(raw) > 2 and raw[:2] in PREFIXES and (raw[2].isdigit() or raw[2] in "-+."):
+        return raw[:2], raw[2:]
+    return "eq", raw
+
+
+def date_range(param_code: str, raw: str) -> tuple[str, datetime, datetime]:
+    """A prefixed search date and the UTC range [lo, hi) its precision implies."""
+    prefix, text = split_prefix(raw)
+    try:
+        lo, hi = parse_range(text)
+    except ValueError:
+        raise InvalidSearch(f"'{raw}' is not a valid date for '{param_code}' "
+                            "(use e.g. 2024, 2024-03, 2024-03-05 or 2024-03-05T08:30:00+07:00, "
+                            "with an optional prefix eq, ne, gt, lt, ge, le, sa, eb, ap)") from None
+    return prefix, lo, hi
+
+
+def approx(lo: datetime, hi: datetime) -> tuple[datetime, datetime]:
+    """The range `ap` means: widened by a tenth of its distance from now, at least a day."""
+    now = datetime.now(UTC)
+    gap = max(abs((now - lo).total_seconds()), abs((now - hi).total_seconds())) * 0.1
+    delta = timedelta(seconds=max(gap, 86400))
+    return lo - delta, hi + delta
+
+
+def decimal(param_code: str, text: str) -> tuple[float, float, float]:
+    """A search number and the range its precision implies: 100 is [99.5, 100.5)."""
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        raise InvalidSearch(f"'{text}' is not a number for '{param_code}'") from None
+    if not number.is_finite():
+        raise InvalidSearch(f"'{text}' is not a finite number for '{param_code}'")
+    half = Decimal(5).scaleb(number.as_tuple().exponent - 1)  # type: ignore[operator]
+    return float(number), float(number - half), float(number + half)
