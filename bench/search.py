@@ -286,6 +286,7 @@ async def load(uri: str, total: int, concurrency: int, log: Callable[[str], None
         finally:
             reporter.cancel()
             loop.remove_signal_handler(signal.SIGINT)
+            await store.close()
         if interrupted.is_set():
             raise KeyboardInterrupt
         stats = LoadStats(done, errors.count, time.perf_counter() - start, concurrency, loadavg=os.getloadavg()[0])

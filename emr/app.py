@@ -18,7 +18,6 @@ from emr.api.formats import is_pretty
 from emr.api.responses import ApiError, outcome_response
 from emr.api.routes import router
 from emr.api.terminology import router as terminology_router
-from emr.database import open_database
 from emr.services import open_services
 from emr.settings import Settings, get_settings
 from fhir_store import (
@@ -44,8 +43,7 @@ def create_app(settings: Settings | None = None, *, interceptors: Sequence[Inter
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         known_resource_types()  # load the models now, not on the first request
-        async with open_database(settings) as db:
-            services = await open_services(db, settings, write_checks=write_checks)
+        async with open_services(settings, write_checks=write_checks) as services:
             bundles = BundleProcessor(services.store, pipeline, max_entries=settings.max_bundle_entries)
             async with export_worker(settings, services.store) as worker:
                 # The one place app state is set: handlers reach it, typed, through `emr.api.context.Call`.

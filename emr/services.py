@@ -9,12 +9,11 @@ bare `FhirStore` would leave the terminology catalog behind, so all open it here
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 
-from pymongo.asynchronous.database import AsyncDatabase
-
+from emr.database import open_database
 from emr.settings import Settings
 from fhir_store import FhirStore, TerminologyService, WriteCheck, WriteObserver, load_registry
 
@@ -25,13 +24,18 @@ class Services:
     terminology: TerminologyService
 
 
-async def open_services(db: AsyncDatabase[dict[str, Any]], settings: Settings, *,
-                        write_checks: Sequence[WriteCheck] = (),
-                        observers: Sequence[WriteObserver] = ()) -> Services:
-    terminology = TerminologyService(db, validation=settings.terminology_validation)
-    store = FhirStore(db, registry=load_registry(), write_checks=[terminology.check_codings, *write_checks],
-                      observers=[terminology.observe, *observers], terminology=terminology,
-                      page_size=settings.default_page_size, max_page_size=settings.max_page_size)
-    await store.ensure_indexes()
-    await terminology.ensure_indexes()
-    return Services(store, terminology)
+@asynccontextmanager
+async def open_services(settings: Settings, *, write_checks: Sequence[WriteCheck] = (),
+                        observers: Sequence[WriteObserver] = ()) -> AsyncIterator[Services]:
+    """The database (configured or embedded) and the services on it, until the block ends."""
+    async with open_database(settings) as db:
+        terminology = TerminologyService(db, validation=settings.terminology_validation)
+        store = FhirStore(db, registry=load_registry(), write_checks=[terminology.check_codings, *write_checks],
+                          observers=[terminology.observe, *observers], terminology=terminology,
+                          page_size=settings.default_page_size, max_page_size=settings.max_page_size)
+        await store.ensure_indexes()
+        await terminology.ensure_indexes()
+        try:
+            yield Services(store, terminology)
+        finally:
+            await store.close()

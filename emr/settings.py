@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import cache
 from pathlib import Path
 from typing import Literal
@@ -28,9 +29,12 @@ class Settings(BaseSettings):
     max_page_size: int = 1000
     #: Most entries a batch or transaction Bundle may carry (413 above it).
     max_bundle_entries: int = 5000
-    #: How long a bulk export waits after its transaction time before reading, so that every
-    #: transaction that started before it has committed (MongoDB aborts transactions after 60 s).
+    #: The longest a bulk export waits, after its transaction time, for the writes in flight then to land
+    #: (usually milliseconds: the store's write horizon says when; MongoDB aborts transactions after 60 s).
     export_settle_seconds: float = 65.0
+    #: How long a finished bulk export and its files are kept (seconds, or an ISO 8601 duration such as P1D);
+    #: exports hold patient data, so they are deleted after this.
+    export_retention: timedelta = timedelta(days=1)
     #: Codes of code systems loaded here (ICD-10, national lists, FHIR's own) are checked on every write:
     #: `reject` refuses a resource with an unknown code (400), `warn` keeps it and reports the problem,
     #: `off` does not look.

@@ -74,7 +74,9 @@ def searchset_bundle(base: str, result: SearchResult, links: dict[str, str]) -> 
     return bundle
 
 
-def history_bundle(base: str, versions: Sequence[Version], links: dict[str, str]) -> dict[str, Any]:
+def history_bundle(base: str, versions: Sequence[Version], links: dict[str, str],
+                   last_updated: datetime | None = None) -> dict[str, Any]:
+    """`last_updated`: the read's write horizon (type and system history), from which a poller resumes."""
     entries = []
     for v in versions:
         method, status = _HISTORY_REQUEST[v.operation]
@@ -89,7 +91,7 @@ def history_bundle(base: str, versions: Sequence[Version], links: dict[str, str]
     return {
         "resourceType": "Bundle",
         "id": str(uuid.uuid4()),
-        "meta": {"lastUpdated": format_instant(datetime.now(UTC))},
+        "meta": {"lastUpdated": format_instant(last_updated or datetime.now(UTC))},
         "type": "history",
         "link": [{"relation": rel, "url": url} for rel, url in links.items()],
         "entry": entries,

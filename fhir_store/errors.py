@@ -66,6 +66,13 @@ class ResourceNotFound(StoreError):
     status = 404
 
 
+class ResourceExists(StoreError):
+    """A create with a client-chosen id (a transaction's `urn:uuid:` entry, an import) found the id taken."""
+
+    issue_code = "duplicate"
+    status = 409
+
+
 class ResourceGone(StoreError):
     """The resource existed and was deleted; its history remains readable."""
 

@@ -48,24 +48,42 @@ class WriteResult:
 
 @dataclass(frozen=True)
 class HistoryCursor:
-    """Keyset position in newest-first history: stable while new versions arrive."""
+    """Keyset position in newest-first history: stable while new versions arrive.
+
+    `horizon` is the write horizon of the read the first page began (type and system
+    history), so every page of one read answers the same `meta.lastUpdated`.
+    """
 
     last_updated: datetime
     order: ObjectId
+    horizon: datetime | None = None
 
     def encode(self) -> str:
-        return f"{int(self.last_updated.timestamp() * 1000)}.{self.order}"
+        text = f"{_millis(self.last_updated)}.{self.order}"
+        return f"{text}.{_millis(self.horizon)}" if self.horizon is not None else text
 
     @classmethod
     def decode(cls, text: str) -> HistoryCursor:
-        millis, _, oid = text.partition(".")
+        millis, _, rest = text.partition(".")
+        oid, _, horizon = rest.partition(".")
         try:
-            return cls(datetime.fromtimestamp(int(millis) / 1000, UTC), ObjectId(oid))
+            return cls(_moment(millis), ObjectId(oid), _moment(horizon) if horizon else None)
         except (ValueError, TypeError, OverflowError, InvalidId):
             raise InvalidRequest("_cursor is not one this server made; follow the Bundle's links") from None
+
+
+def _millis(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _moment(millis: str) -> datetime:
+    return datetime.fromtimestamp(int(millis) / 1000, UTC)
 
 
 @dataclass(frozen=True)
 class HistoryPage:
     versions: list[Version]
     next: HistoryCursor | None
+    #: Type and system history: every version older than this is in this read (or its other pages), none
+    #: younger is; a poller resumes with `_since` = this. None for an instance's history (all of it, at once).
+    horizon: datetime | None = None

@@ -70,15 +70,17 @@ class VersionReader:
 
 
     async def history(self, resource_type: str | None, resource_id: str | None, *, since: datetime | None,
-                      count: int, before: HistoryCursor | None,
+                      count: int, before: HistoryCursor | None, horizon: datetime | None = None,
                       session: AsyncClientSession | None = None) -> HistoryPage:
-        """Versions newest first, `count` at a time, resumable from `before`.
+        """Versions newest first, `count` at a time, resumable from `before`; only those older than `horizon`.
 
         Merges the current and past-version collections by (lastUpdated, order),
         which is also the keyset, so paging never skips or repeats a version
         while new ones are being written.
         """
         query: Document = {}
+        if horizon is not None:
+            query["ts"] = {"$lt": horizon}
         if resource_type is not None:
             check_type(resource_type)
             query["type"] = resource_type
@@ -89,7 +91,7 @@ class VersionReader:
                     {"_id": current_key(str(resource_type), resource_id)}, limit=1, session=session) == 0:
                 raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
         if since is not None:
-            query["ts"] = {"$gte": since}
+            query["ts"] = {**query.get("ts", {}), "$gte": since}
         if before is not None:
             query["$or"] = [{"ts": {"$lt": before.last_updated}},
                             {"ts": before.last_updated, "oid": {"$lt": before.order}}]
@@ -103,8 +105,8 @@ class VersionReader:
         versions = sorted(merged.values(), key=lambda v: (v.last_updated, v.order), reverse=True)
         page = versions[:count]
         more = len(versions) > count
-        next_cursor = HistoryCursor(page[-1].last_updated, page[-1].order) if more and page else None
-        return HistoryPage(page, next_cursor)
+        next_cursor = HistoryCursor(page[-1].last_updated, page[-1].order, horizon) if more and page else None
+        return HistoryPage(page, next_cursor, horizon)
 
 
 def check_type(resource_type: str) -> None:

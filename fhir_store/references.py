@@ -34,6 +34,20 @@ def holders(value: Any) -> Iterator[dict[str, Any]]:
                 yield from holders(child)
 
 
+def localise(resource: dict[str, Any], base: str | None) -> dict[str, Any]:
+    """References to this server's own base (`{base}/Patient/1`) become relative (`Patient/1`), in place.
+
+    Stored relative, they are found by search, `_include` and compartments like any other; a
+    reference to another server stays absolute, as written.
+    """
+    if base:
+        prefix = base.rstrip("/") + "/"
+        for holder in holders(resource):
+            if holder["reference"].startswith(prefix):
+                holder["reference"] = holder["reference"][len(prefix):]
+    return resource
+
+
 def is_conditional(reference: str) -> bool:
     """`Type?criteria` with a type this server knows."""
     rtype, sep, query = reference.partition("?")

@@ -23,7 +23,8 @@ import asyncio
 import contextlib
 import copy
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import timedelta
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -39,17 +40,20 @@ from fhir_store.errors import (
     InvalidResource,
     Issue,
     MultipleMatches,
+    ResourceExists,
     ResourceGone,
     ResourceNotFound,
     TooManyRequests,
     VersionConflict,
 )
 from fhir_store.hooks import WriteCheck, WriteContext, WriteObserver
+from fhir_store.horizon import WriteHorizon
 from fhir_store.ids import check_id, current_key, new_id
 from fhir_store.instants import now
 from fhir_store.model import HistoryCursor, HistoryPage, Operation, Version, WriteResult
 from fhir_store.pipeline import Caller
 from fhir_store.reads import VersionReader, check_type
+from fhir_store.references import localise
 from fhir_store.resource_types import resource_types
 from fhir_store.search.engine import SearchEngine, SearchRequest, SearchResult, parse_request
 from fhir_store.search.indexing import indexer
@@ -92,7 +96,8 @@ class FhirStore:
     services plug into every write (see `hooks.py`), and the `terminology` that
     token modifiers such as `:in` need. Every method takes an optional `session`,
     so a transaction Bundle can run many interactions in one MongoDB
-    transaction; write methods take the `caller`, which the hooks see.
+    transaction; write methods take the `caller`, which the hooks see, and the
+    `base` the client used for this server: references to it are stored relative.
     """
 
     def __init__(self, db: AsyncDatabase[Document], *, registry: Registry | None = None,
@@ -110,6 +115,21 @@ class FhirStore:
         self._engine = SearchEngine(self.registry, self.resources, terminology)
         self._write_checks = tuple(write_checks)
         self._observers = tuple(observers)
+        self._horizon = WriteHorizon(db)
+
+    def writing(self) -> AbstractAsyncContextManager[None]:
+        """Hold the write horizon from now until the block ends: around a multi-write unit (a transaction),
+        whose versions all become visible at its commit."""
+        return self._horizon.writing()
+
+    async def settled(self, moment: datetime, *, timeout: timedelta) -> bool:
+        """Wait until every write stamped before `moment` is visible (an export's transaction time), at most
+        `timeout`; False if it timed out."""
+        return await self._horizon.passed(moment, timeout=timeout.total_seconds())
+
+    async def close(self) -> None:
+        """Stop holding other processes' change feeds back (a stopped server, a finished command)."""
+        await self._horizon.close()
 
     async def ensure_indexes(self) -> None:
         """Create the indexes the store relies on; cheap when they already exist."""
@@ -160,6 +180,13 @@ class FhirStore:
         """Current, non-deleted resources matching conditional-interaction criteria (a query string)."""
         return await self._find(resource_type, parse_criteria(criteria), limit=limit, session=session)
 
+    async def ids_matching(self, resource_type: str, criteria: str) -> set[str]:
+        """The ids of every current resource of a type matching a search query (an export's `_typeFilter`)."""
+        check_type(resource_type)
+        request = parse_request(self.registry, [resource_type], parse_qsl(criteria, keep_blank_values=True),
+                                strict=True, default_count=self.page_size, max_count=self.max_page_size)
+        return set(await self._engine.matching_ids(request))
+
     async def _find(self, resource_type: str, criteria: Criteria, *, limit: int = 2,
                     session: AsyncClientSession | None) -> list[Version]:
         check_type(resource_type)
@@ -184,7 +211,7 @@ class FhirStore:
 
     async def create(self, resource: Any, *, resource_type: str | None = None, if_none_exist: str | None = None,
                      resource_id: str | None = None, session: AsyncClientSession | None = None,
-                     caller: Caller | None = None) -> WriteResult:
+                     caller: Caller | None = None, base: str | None = None) -> WriteResult:
         """Create with a server-assigned id (any id in the body is ignored, as the spec says).
 
         `resource_id` lets a caller that had to know the new id beforehand (a
@@ -192,16 +219,17 @@ class FhirStore:
         `if_none_exist`, an existing match is returned instead (created=False);
         concurrent calls with the same criteria create exactly one resource.
         """
-        data = validate_resource(resource, expected_type=resource_type)
+        data = self._valid(resource, resource_type, base)
         ctx = self._context(session, caller)
         if if_none_exist is not None:
             return await self._conditional_create(data, parse_criteria(if_none_exist), ctx, resource_id)
         data["id"] = check_id(resource_id) if resource_id else new_id()
         return await self._insert_first(data, ctx)
 
-    def prepare_create(self, resource: Any, *, resource_type: str | None, resource_id: str) -> dict[str, Any]:
+    def prepare_create(self, resource: Any, *, resource_type: str | None, resource_id: str,
+                       base: str | None = None) -> dict[str, Any]:
         """Validate a resource for `create_prepared`: the first half of a create, with no database work."""
-        data = validate_resource(resource, expected_type=resource_type)
+        data = self._valid(resource, resource_type, base)
         data["id"] = check_id(resource_id)
         return data
 
@@ -212,8 +240,9 @@ class FhirStore:
             return []
         ctx = self._context(session, caller)
         warnings = [await self._check(d, ctx) for d in prepared]
-        docs = [current_document(d["resourceType"], d["id"], 1, d, "create", self._indexer) for d in prepared]
-        await self.resources.insert_many(docs, ordered=True, session=session)
+        async with self._horizon.writing():
+            docs = [current_document(d["resourceType"], d["id"], 1, d, "create", self._indexer) for d in prepared]
+            await self.resources.insert_many(docs, ordered=True, session=session)
         results = [WriteResult(version_from_document(doc), created=True, warnings=w)
                    for doc, w in zip(docs, warnings, strict=True)]
         for result in results:
@@ -221,7 +250,8 @@ class FhirStore:
         return results
 
     async def update(self, resource: Any, *, resource_type: str, resource_id: str, if_match: int | None = None,
-                     session: AsyncClientSession | None = None, caller: Caller | None = None) -> WriteResult:
+                     session: AsyncClientSession | None = None, caller: Caller | None = None,
+                     base: str | None = None) -> WriteResult:
         """Update, or create with the client's id when it does not exist yet (update-as-create).
 
         An update that changes nothing but server-owned meta makes no new version.
@@ -233,7 +263,7 @@ class FhirStore:
                 same = nfc_resource(resource)
                 if _content(same) == _content(current.resource):
                     return same  # identical to a version already validated: re-sends stay cheap
-            data = validate_resource(resource, expected_type=resource_type)
+            data = self._valid(resource, resource_type, base)
             if data.get("id") is None:
                 raise InvalidResource("An update must carry the resource's id in the body")
             if data["id"] != resource_id:
@@ -244,9 +274,9 @@ class FhirStore:
 
     async def conditional_update(self, resource: Any, *, resource_type: str, criteria: str,
                                  if_match: int | None = None, session: AsyncClientSession | None = None,
-                                 caller: Caller | None = None) -> WriteResult:
+                                 caller: Caller | None = None, base: str | None = None) -> WriteResult:
         """Update the one resource matching `criteria`; create when none does; 412 when several do."""
-        data = validate_resource(resource, expected_type=resource_type)
+        data = self._valid(resource, resource_type, base)
         matches = await self.find(resource_type, criteria, session=session)
         if len(matches) > 1:
             raise MultipleMatches(f"The criteria '{criteria}' match more than one {resource_type}")
@@ -260,7 +290,8 @@ class FhirStore:
         return await self._write(resource_type, target, lambda _cur: data, if_match, self._context(session, caller))
 
     async def patch(self, resource_type: str, resource_id: str, operations: Any, *, if_match: int | None = None,
-                    session: AsyncClientSession | None = None, caller: Caller | None = None) -> WriteResult:
+                    session: AsyncClientSession | None = None, caller: Caller | None = None,
+                    base: str | None = None) -> WriteResult:
         """Apply a JSON Patch (RFC 6902) to the current version and validate the result."""
         check_type(resource_type)
         check_id(resource_id)
@@ -283,7 +314,7 @@ class FhirStore:
             if not isinstance(result, dict) or result.get("resourceType") != resource_type \
                     or result.get("id") != resource_id:
                 raise InvalidRequest("A patch may not change the resource's type or id")
-            return validate_resource(result, expected_type=resource_type)
+            return self._valid(result, resource_type, base)
 
         return await self._write(resource_type, resource_id, patched, if_match, self._context(session, caller),
                                  must_exist=True)
@@ -324,10 +355,14 @@ class FhirStore:
         """Versions newest first, as a client asks (`_since`, `_count`, and the `_cursor` of a next link)."""
         pairs = list(query)
         raw_cursor = params.last(pairs, "_cursor")
+        before = HistoryCursor.decode(raw_cursor) if raw_cursor is not None else None
+        horizon = None
+        if resource_id is None:  # the change feed: only versions no late commit can land before
+            horizon = before.horizon if before is not None and before.horizon else await self._horizon.horizon()
         return await self._reader.history(
             resource_type, resource_id, since=params.since(params.last(pairs, "_since")),
             count=params.page_size(params.last(pairs, "_count"), self.page_size, self.max_page_size),
-            before=HistoryCursor.decode(raw_cursor) if raw_cursor is not None else None, session=session)
+            before=before, horizon=horizon, session=session)
 
     # ---- internals ---------------------------------------------------------------------
 
@@ -345,7 +380,7 @@ class FhirStore:
                     raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
                 try:
                     return await self._insert_first(data, ctx)
-                except DuplicateKeyError:
+                except ResourceExists:
                     continue  # someone created it meanwhile: go round again as an update
             if not current.deleted and _content(current.resource) == _content(data):
                 return WriteResult(current, created=False, changed=False)
@@ -355,6 +390,11 @@ class FhirStore:
             if if_match is not None:
                 raise VersionConflict(_stale(resource_type, resource_id, if_match, None))
         raise TooManyRequests(f"{resource_type}/{resource_id} is being changed by others; try again")
+
+    @staticmethod
+    def _valid(resource: Any, resource_type: str | None, base: str | None) -> dict[str, Any]:
+        """A valid resource, NFC, its references to this server (`base`, the request's) made relative."""
+        return localise(validate_resource(resource, expected_type=resource_type), base)
 
     def _context(self, session: AsyncClientSession | None, caller: Caller | None) -> WriteContext:
         return WriteContext(session, caller, self._reader)
@@ -371,8 +411,12 @@ class FhirStore:
 
     async def _insert_first(self, data: dict[str, Any], ctx: WriteContext) -> WriteResult:
         warnings = await self._check(data, ctx)
-        doc = current_document(data["resourceType"], data["id"], 1, data, "create", self._indexer)
-        await self.resources.insert_one(doc, session=ctx.session)
+        async with self._horizon.writing():
+            doc = current_document(data["resourceType"], data["id"], 1, data, "create", self._indexer)
+            try:
+                await self.resources.insert_one(doc, session=ctx.session)
+            except DuplicateKeyError:
+                raise ResourceExists(f"{data['resourceType']}/{data['id']} exists already") from None
         version = version_from_document(doc)
         await self._observe(version, ctx)
         return WriteResult(version, created=True, warnings=warnings)
@@ -386,8 +430,10 @@ class FhirStore:
         with contextlib.suppress(DuplicateKeyError):
             await self.history_versions.insert_one(history_document(current), session=session)
         rtype, rid, vid = current.resource_type, current.id, current.version_id
-        doc = current_document(rtype, rid, vid + 1, data, op, self._indexer)
-        outcome = await self.resources.replace_one({"_id": current_key(rtype, rid), "vid": vid}, doc, session=session)
+        async with self._horizon.writing():
+            doc = current_document(rtype, rid, vid + 1, data, op, self._indexer)
+            outcome = await self.resources.replace_one({"_id": current_key(rtype, rid), "vid": vid}, doc,
+                                                       session=session)
         if outcome.matched_count != 1:
             return None
         version = version_from_document(doc)

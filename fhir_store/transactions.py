@@ -154,7 +154,7 @@ class BundleProcessor:
             async def prepare(entry: Entry, it: Interaction) -> Outcome:
                 rtype, _, rid = keys[str(entry.full_url)].partition("/")
                 plain_posts.append((entry, self.store.prepare_create(entry.resource, resource_type=rtype,
-                                                                     resource_id=rid)))
+                                                                     resource_id=rid, base=base)))
                 return Outcome(201)  # what it answers once the batched insert and the transaction succeed
 
             for entry in ordered:
@@ -182,7 +182,8 @@ class BundleProcessor:
                 await flush()
             return outcomes
 
-        async with self.store.db.client.start_session() as session:
+        # Held open until the commit: the change feed's horizon stays before everything this stamps.
+        async with self.store.writing(), self.store.db.client.start_session() as session:
             result: dict[int, Outcome] = await session.with_transaction(run)
         return result
 
@@ -221,11 +222,11 @@ class BundleProcessor:
         if method == "POST" and len(path) == 1:
             wanted = keys.get(entry.full_url or "", "").partition("/")[2] or None
             result = await store.create(entry.resource, resource_type=rtype, if_none_exist=entry.if_none_exist,
-                                        resource_id=wanted, session=session, caller=caller)
+                                        resource_id=wanted, session=session, caller=caller, base=base)
             return _written(result)
         if method == "PUT" and len(path) == 2:
             result = await store.update(entry.resource, resource_type=rtype, resource_id=path[1],
-                                        if_match=entry.if_match, session=session, caller=caller)
+                                        if_match=entry.if_match, session=session, caller=caller, base=base)
             return _written(result)
         if method == "PUT" and len(path) == 1 and query:
             resource = dict(entry.resource or {})
@@ -233,11 +234,12 @@ class BundleProcessor:
             if known and "id" not in resource:
                 resource["id"] = known.partition("/")[2]
             result = await store.conditional_update(resource, resource_type=rtype, criteria=query,
-                                                    if_match=entry.if_match, session=session, caller=caller)
+                                                    if_match=entry.if_match, session=session, caller=caller,
+                                                    base=base)
             return _written(result)
         if method == "PATCH" and len(path) == 2:
             result = await store.patch(rtype, path[1], patch_document(entry.resource), if_match=entry.if_match,
-                                       session=session, caller=caller)
+                                       session=session, caller=caller, base=base)
             return _written(result)
         if method == "DELETE" and len(path) == 2:
             deleted = await store.delete(rtype, path[1], if_match=entry.if_match, session=session, caller=caller)

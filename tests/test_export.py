@@ -229,12 +229,12 @@ def test_kick_off_refusals(fhir: httpx.Client) -> None:
     refused("/$export", {"_outputFormat": "application/fhir+json"}, ASYNC, 400)
     refused("/$export", {"_type": "Patient,Unicorn"}, ASYNC, 400)
     refused("/$export", {"_since": "yesterday"}, ASYNC, 400)
-    refused("/$export", {"_typeFilter": "Patient?active=true"}, ASYNC, 400)
+    refused("/$export", {"includeAssociatedData": "LatestProvenanceResources"}, ASYNC, 400)  # not supported
     refused("/Group/no-such-group/$export", None, ASYNC, 404)
     refused("/$export-poll-status", {"_jobId": "0" * 32}, {}, 404)
     refused("/$export-poll-status", {"_jobId": "../etc"}, {}, 404)
     refused("/$export-file/" + "0" * 32 + "/Patient.ndjson", None, {}, 404)
-    lenient = fhir.get("/$export", params={"_typeFilter": "x", "_type": "Group"},
+    lenient = fhir.get("/$export", params={"includeAssociatedData": "x", "_type": "Group"},
                        headers={**ASYNC, "Prefer": "respond-async, handling=lenient"})
     assert lenient.status_code == 202
     wait_manifest(fhir, lenient.headers["Content-Location"])
@@ -259,6 +259,53 @@ def test_cancel_deletes_the_job_and_its_files(fhir: httpx.Client, server: LiveSe
     assert not (Path(server.settings.data_dir) / "exports" / running.rsplit("=", 1)[1]).exists()
 
 
+# ---- Bulk Data IG v2 housekeeping: POST kick-off, _typeFilter, expiry ---------------------------
+
+HEIGHT = "http://loinc.org|8302-2"  # body height: in every Synthea record, a small share of its observations
+
+
+def test_post_kick_off_with_parameters_and_a_type_filter(fhir: httpx.Client, db: Any) -> None:
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "_type", "valueString": "Observation"},
+        {"name": "_typeFilter", "valueString": f"Observation?code={HEIGHT}"}]}
+    r = fhir.post("/$export", json=body, headers={**ASYNC, **JSON})
+    assert r.status_code == 202, r.text
+    exported = download(fhir, wait_manifest(fhir, r.headers["Content-Location"]))
+    heights = current(db, {"type": "Observation", "ix.code": HEIGHT})
+    assert exported == heights
+    assert 0 < len(heights["Observation"]) < len(current(db, {"type": "Observation"})["Observation"])
+    # the same by GET, and a Patient-level export filtered the same way
+    _, by_get = export(fhir, "/Patient/$export", {"_type": "Observation", "_typeFilter": f"Observation?code={HEIGHT}"})
+    assert by_get == heights
+
+
+def test_a_type_filter_must_be_a_search_this_server_understands(fhir: httpx.Client) -> None:
+    for bad in ("Observation?colour=blue", "Nothing?code=1", "Observation"):
+        r = fhir.get("/$export", params={"_typeFilter": bad}, headers=ASYNC)
+        assert r.status_code == 400, (bad, r.text)
+        assert r.json()["resourceType"] == "OperationOutcome"
+    r = fhir.post("/$export", json={"resourceType": "Patient"}, headers={**ASYNC, **JSON})
+    assert r.status_code == 400
+
+
+def test_a_finished_export_expires_with_its_files(mongo_uri: str, tmp_path: Path) -> None:
+    settings = make_settings(mongo_uri, data_dir=tmp_path, export_retention=2, export_settle_seconds=2)
+    with LiveServer(settings) as live, live.client() as fhir:
+        patient = {"resourceType": "Patient", "name": [{"family": "Huỳnh", "given": ["Văn", "Tư"]}]}
+        assert fhir.post("/Patient", json=patient, headers=JSON).status_code == 201
+        status_url = kick_off(fhir, "/$export", {"_type": "Patient"})
+        wait_manifest(fhir, status_url)
+        finished = fhir.get(status_url)
+        assert "Expires" in finished.headers
+        folder = tmp_path / "exports" / status_url.rsplit("=", 1)[1]
+        assert (folder / "Patient.ndjson").is_file()
+        deadline = time.monotonic() + 30
+        while fhir.get(status_url).status_code != 404:
+            assert time.monotonic() < deadline, "the finished export was not deleted after its retention"
+            time.sleep(0.3)
+        assert not folder.exists()
+
+
 # ---- consistency: the export is the database as it was at the transaction time -----------------
 
 @pytest.fixture
@@ -267,6 +314,7 @@ async def store(mongo_uri: str) -> AsyncIterator[FhirStore]:
     store = FhirStore(client[f"test_{unique('export').replace('-', '_')}"])
     await store.ensure_indexes()
     yield store
+    await store.close()
     await client.drop_database(store.db.name)
     await client.close()
 

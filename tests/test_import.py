@@ -47,6 +47,7 @@ async def store(mongo_uri: str) -> AsyncIterator[FhirStore]:
     store = FhirStore(client[f"test_import_{uuid.uuid4().hex[:12]}"])
     await store.ensure_indexes()
     yield store
+    await store.close()
     await client.drop_database(store.db.name)
     await client.close()
 

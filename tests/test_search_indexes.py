@@ -55,6 +55,7 @@ async def store(mongo_uri: str) -> AsyncIterator[FhirStore]:
     for entry in bundle["entry"]:
         await store.create(entry["resource"])
     yield store
+    await store.close()
     await client.drop_database(store.db.name)
     await client.close()
 

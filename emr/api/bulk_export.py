@@ -19,6 +19,7 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from email.utils import format_datetime
 from pathlib import Path
 
 import orjson
@@ -48,7 +49,7 @@ router = APIRouter(prefix="/fhir")
 NDJSON = "application/fhir+ndjson"
 OUTPUT_FORMATS = {NDJSON, "application/ndjson", "ndjson"}
 #: Kick-off parameters this server implements; the IG's others are refused unless `Prefer: handling=lenient`.
-_SUPPORTED = {"_outputFormat", "_type", "_since", "_format", "_pretty"}
+_SUPPORTED = {"_outputFormat", "_type", "_since", "_typeFilter", "_format", "_pretty"}
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 _FILE_NAME = re.compile(r"[A-Za-z]{1,64}\.ndjson")
 
@@ -57,7 +58,8 @@ _FILE_NAME = re.compile(r"[A-Za-z]{1,64}\.ndjson")
 async def export_worker(settings: Settings, store: FhirStore) -> AsyncIterator[ExportWorker]:
     """Run the export worker for the app's lifetime; files go to `<EMR_DATA_DIR>/exports/<job id>/`."""
     worker = ExportWorker(store, Path(settings.data_dir) / "exports",
-                          settle=timedelta(seconds=settings.export_settle_seconds))
+                          settle=timedelta(seconds=settings.export_settle_seconds),
+                          retention=settings.export_retention)
     await worker.queue.ensure_indexes()
     worker.start()
     try:
@@ -68,22 +70,45 @@ async def export_worker(settings: Settings, store: FhirStore) -> AsyncIterator[E
 
 # ---- kick-off -------------------------------------------------------------------------------
 
-@operation(router, "GET", "/$export", "export")
 async def export_system(call: Call) -> Response:
     """Export every resource (Bulk Data system-level export)."""
     return await _kick_off(call, "system")
 
 
-@operation(router, "GET", "/Patient/$export", "export", resource_type="Patient")
 async def export_patients(call: Call) -> Response:
     """Export the compartments of every Patient (Bulk Data patient-level export)."""
     return await _kick_off(call, "patient")
 
 
-@operation(router, "GET", "/Group/{resource_id}/$export", "export", resource_type="Group")
 async def export_group(call: Call) -> Response:
     """Export the compartments of a Group's Patient members (Bulk Data group-level export)."""
     return await _kick_off(call, "group")
+
+
+# Kick-off by GET (query parameters) or POST (a Parameters body, Bulk Data IG v2).
+for _method in ("GET", "POST"):
+    operation(router, _method, "/$export", "export")(export_system)
+    operation(router, _method, "/Patient/$export", "export", resource_type="Patient")(export_patients)
+    operation(router, _method, "/Group/{resource_id}/$export", "export", resource_type="Group")(export_group)
+
+
+async def _kick_off_parameters(call: Call) -> list[tuple[str, str]]:
+    """The kick-off's parameters: the query string's, and for POST those of its Parameters body."""
+    pairs = call.query
+    if call.request.method != "POST":
+        return pairs
+    body = await call.json()
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        raise ApiError(400, "A POSTed $export takes a Parameters resource")
+    for param in body.get("parameter") or []:
+        if not isinstance(param, dict) or not isinstance(param.get("name"), str):
+            raise ApiError(400, "Every Parameters.parameter needs a name")
+        values = [v for k, v in param.items() if k.startswith("value")]
+        if len(values) != 1 or not isinstance(values[0], str):
+            raise ApiError(400, f"$export parameter '{param['name']}' needs one value (valueString, "
+                                "valueInstant, …)")
+        pairs.append((param["name"], values[0]))
+    return pairs
 
 
 async def _kick_off(call: Call, level: Level) -> Response:
@@ -91,17 +116,22 @@ async def _kick_off(call: Call, level: Level) -> Response:
     preferences = prefer(call)
     if "respond-async" not in preferences:
         raise ApiError(400, "$export runs asynchronously: send the header 'Prefer: respond-async'")
-    params = request.query_params
-    output_format = params.get("_outputFormat", NDJSON)
+    params = await _kick_off_parameters(call)
+    named = {k for k, _ in params}
+    output_format = next((v for k, v in reversed(params) if k == "_outputFormat"), NDJSON)
     if output_format not in OUTPUT_FORMATS:
         raise ApiError(400, f"_outputFormat '{output_format}' is not supported; use {NDJSON}", "not-supported")
-    unsupported = sorted({k for k in params if k not in _SUPPORTED})
+    unsupported = sorted(named - _SUPPORTED)
     if unsupported and preferences.get("handling") != "lenient":
         raise ApiError(400, f"$export does not support {', '.join(unsupported)} "
                             "(send 'Prefer: handling=lenient' to have them ignored)", "not-supported")
-    types = tuple(dict.fromkeys(t.strip() for v in params.getlist("_type") for t in v.split(",") if t.strip()))
-    since = parse_instant("_since", params["_since"]) if "_since" in params else None
-    export = ExportRequest(level, types, since, call.it.resource_id)  # InvalidRequest → 400
+    types = tuple(dict.fromkeys(t.strip() for k, v in params if k == "_type" for t in v.split(",") if t.strip()))
+    since_values = [v for k, v in params if k == "_since"]
+    since = parse_instant("_since", since_values[-1]) if since_values else None
+    filters = tuple(ExportRequest.parse_type_filter(v) for k, v in params if k == "_typeFilter")
+    export = ExportRequest(level, types, since, call.it.resource_id, filters)  # InvalidRequest → 400
+    for rtype, query in filters:  # a bad search is a 400 now, not a failed job later
+        await call.store.find(rtype, query, limit=1)
     if level == "group":
         await call.store.read("Group", str(call.it.resource_id))  # 404 / 410 now, rather than a failed job later
     worker = call.services.export_worker
@@ -136,7 +166,11 @@ async def export_status(call: Call) -> Response:
                    for o in job.output],
         "error": [],
     }
-    return Response(orjson.dumps(manifest), 200, media_type="application/json")
+    headers = {}
+    expires = call.services.export_worker.expires(job)
+    if expires is not None:  # the files are deleted then (EMR_EXPORT_RETENTION)
+        headers["Expires"] = format_datetime(expires, usegmt=True)
+    return Response(orjson.dumps(manifest), 200, headers=headers, media_type="application/json")
 
 
 @operation(router, "DELETE", "/$export-poll-status", "export-poll-status", advertise=False)
@@ -188,8 +222,8 @@ def _progress(job: Job, worker: ExportWorker) -> str:
     if job.status == "queued":
         return "queued" if job.attempts == 0 else "queued again (its worker stopped)"
     if not job.progress:
-        start = format_instant(job.transaction_time + worker.settle)
-        return f"waiting until {start} for writes in flight at the transaction time to land"
+        latest = format_instant(job.transaction_time + worker.settle)
+        return f"waiting (at most until {latest}) for writes in flight at the transaction time to land"
     planned = len(Exporter.types_for(job.request))
     return f"{sum(job.progress.values())} resources exported; {len(job.progress)} of {planned} types started"
 

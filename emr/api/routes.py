@@ -97,7 +97,7 @@ async def create(call: Call) -> Response:
     if_none_exist = call.request.headers.get("if-none-exist")
     call.it.conditional = if_none_exist is not None
     result = await call.store.create(body, resource_type=call.it.resource_type, if_none_exist=if_none_exist,
-                                     caller=call.it.caller)
+                                     caller=call.it.caller, base=call.base)
     return http.write_response(call, result, http.describe(result, "Created"))
 
 
@@ -107,7 +107,7 @@ async def conditional_update(call: Call) -> Response:
     body = await call.json()
     result = await call.store.conditional_update(body, resource_type=str(call.it.resource_type),
                                                  criteria=call.request.url.query, if_match=http.if_match(call),
-                                                 caller=call.it.caller)
+                                                 caller=call.it.caller, base=call.base)
     return http.write_response(call, result, http.describe(result, "Created" if result.created else "Updated"))
 
 
@@ -161,7 +161,7 @@ async def update(call: Call) -> Response:
     body = await call.json()
     result = await call.store.update(body, resource_type=str(call.it.resource_type),
                                      resource_id=str(call.it.resource_id), if_match=http.if_match(call),
-                                     caller=call.it.caller)
+                                     caller=call.it.caller, base=call.base)
     return http.write_response(call, result, http.describe(result, "Created" if result.created else "Updated"))
 
 
@@ -170,7 +170,7 @@ async def patch(call: Call) -> Response:
     """Apply a JSON Patch; the result is validated like any other write."""
     operations = await call.json(patch=True)
     result = await call.store.patch(str(call.it.resource_type), str(call.it.resource_id), operations,
-                                    if_match=http.if_match(call), caller=call.it.caller)
+                                    if_match=http.if_match(call), caller=call.it.caller, base=call.base)
     return http.write_response(call, result, http.describe(result, "Patched"))
 
 
@@ -189,7 +189,7 @@ async def _history(call: Call) -> Response:
     page = await call.store.history(it.resource_type, it.resource_id, call.query)
     path = "/".join(p for p in (call.base, it.resource_type, it.resource_id, "_history") if p)
     links = page_links(path, call.query, page.next.encode() if page.next else None)
-    return fhir_response(history_bundle(call.base, page.versions, links), pretty=call.pretty)
+    return fhir_response(history_bundle(call.base, page.versions, links, page.horizon), pretty=call.pretty)
 
 
 async def _search(call: Call, query: list[tuple[str, str]], *, resource_type: str | None = None,

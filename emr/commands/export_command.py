@@ -32,9 +32,10 @@ def export(
                                                              "instant, e.g. 2025-01-31T08:00:00Z.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON (and no progress display).")]
     = False,
-    settle: Annotated[float, typer.Option("--settle", help="Seconds to wait before reading, so that writes (and "
-                                                          "transactions) in flight at the start have landed; "
-                                                          "0 is safe when nothing else writes.")] = 65.0,
+    settle: Annotated[float, typer.Option("--settle", help="At most this many seconds to wait before reading, "
+                                                          "until writes (and transactions) in flight at the start "
+                                                          "have landed; usually milliseconds. 0: do not wait "
+                                                          "(safe when nothing else writes).")] = 65.0,
 ) -> None:
     """Export resources to OUT/<Type>.ndjson as they were when the command started, while writes go on."""
     if out.exists() and (not out.is_dir() or any(out.glob("*.ndjson"))):
@@ -61,23 +62,24 @@ def export(
 
 async def _run(settings: Any, request: ExportRequest, out: Path, settle: timedelta, *,
                show_progress: bool) -> tuple[ExportResult, float]:
-    """Export as of now, once `settle` has passed; the result and the seconds spent reading and writing."""
+    """Export as of now, once writes in flight have landed (at most `settle`); the result and the seconds spent."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-    from emr.database import open_database
     from emr.services import open_services
     from fhir_store import Exporter, format_instant, now
 
-    async with open_database(settings) as db:
-        store = (await open_services(db, settings)).store  # indexes too: the export walks them
+    async with open_services(settings) as services:
+        store = services.store  # indexes too: the export walks them
         exporter = Exporter(store)
         at = now()
         console = Console(stderr=True)
         if show_progress and settle.total_seconds() > 0:
-            console.print(f"Exporting as of {format_instant(at)}; reading starts in {settle.total_seconds():g} s, "
-                          "once writes in flight at that instant have landed (--settle).", soft_wrap=True)
-        await asyncio.sleep(max((at + settle - now()).total_seconds(), 0.0))
+            console.print(f"Exporting as of {format_instant(at)}; reading starts once writes in flight at that "
+                          f"instant have landed (at most {settle.total_seconds():g} s, --settle).", soft_wrap=True)
+        if settle.total_seconds() > 0 and not await store.settled(at, timeout=settle):
+            console.print(f"Writes begun before {format_instant(at)} are still open after {settle.total_seconds():g} s"
+                          " (a writer that stopped mid-write?); exporting anyway.", soft_wrap=True)
         started = time.perf_counter()
         if not show_progress:
             result = await exporter.export(request, out, transaction_time=at, settle=timedelta(0))

@@ -123,13 +123,12 @@ async def _run(settings: Any, paths: list[Path], concurrency: int, errors: _Erro
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-    from emr.database import open_database
     from emr.services import open_services
     from fhir_store import BulkImporter
 
     try:
-        async with open_database(settings) as db:
-            store = (await open_services(db, settings)).store
+        async with open_services(settings) as services:
+            store = services.store
             console = Console(stderr=True)
             columns = (TextColumn("importing"), BarColumn(), TaskProgressColumn(),
                        TextColumn("{task.fields[resources]:>9,} resources  {task.fields[rate]:>6,.0f}/s  ETA"),

@@ -74,14 +74,12 @@ async def _load(settings: Any, sources: list[Any], *, show_progress: bool) -> li
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from emr.database import open_database
     from emr.services import open_services
     from fhir_store import load_terminology as load_sources
 
     total = sum(len(s.resources) for s in sources)
     console = Console(stderr=True)
-    async with open_database(settings) as db:
-        services = await open_services(db, settings)
+    async with open_services(settings) as services:
         columns = (TextColumn("loading {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, disable=not show_progress or not console.is_terminal) as bar:
             task = bar.add_task("terminology", total=total)
@@ -149,17 +147,14 @@ def reindex() -> None:
 
 
 async def _reindex(settings: Any) -> int:
-    from emr.database import open_database
     from emr.services import open_services
 
-    async with open_database(settings) as db:
-        return await (await open_services(db, settings)).terminology.rebuild_catalog()
+    async with open_services(settings) as services:
+        return await services.terminology.rebuild_catalog()
 
 
 async def _catalog(settings: Any) -> list[Any]:
-    from emr.database import open_database
     from emr.services import open_services
 
-    async with open_database(settings) as db:
-        services = await open_services(db, settings)
+    async with open_services(settings) as services:
         return await services.terminology.loaded()

@@ -37,12 +37,12 @@ Writes in flight at T
     commit. A version stamped before T but made visible after T would be missed
     if the walk read its document in between; worse, a transaction committing
     while the walk runs would appear half. So an export starts reading only
-    `settle` after T: 65 s by default, because MongoDB aborts a transaction
-    older than 60 s (`transactionLifetimeLimitSeconds`; a retry re-stamps its
-    versions), so by then every version stamped up to T has either landed or
-    never will. Single writes take milliseconds; a caller that knows nothing
-    else writes (a stopped server) may pass a shorter `settle`. T is still the
-    kick-off instant.
+    once the store's write horizon (`horizon.py`) has passed T: every writer,
+    in every process, has finished what it stamped before T. That is
+    milliseconds, or as long as the slowest transaction open at T. `settle`
+    (65 s by default: MongoDB aborts a transaction older than 60 s) caps the
+    wait, for a writer that died mid-write and whose record has not expired.
+    T is still the kick-off instant.
 
 Memory
     Documents are read `batch_size` at a time, the superseded versions of a
@@ -60,7 +60,9 @@ Levels
 
     Membership and `_since` are judged on the version exported (the version at
     T), so an Observation moved from one patient to another after T is
-    exported with the patient it had at T.
+    exported with the patient it had at T. A `_typeFilter` is a search, and
+    searches see current versions: a resource is exported (as it was at T)
+    when its current version matches the filter.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Literal
 
@@ -98,12 +100,14 @@ Progress = Callable[[str, int, bool], Awaitable[None]]
 
 @dataclass(frozen=True)
 class ExportRequest:
-    """What to export: level, types (empty: all the level covers), `_since`, and the Group of a group export."""
+    """What to export: level, types (empty: all the level covers), `_since`, the Group of a group export, and
+    `_typeFilter`s: (type, search query) pairs; a type with filters exports only what one of them matches."""
 
     level: Level = "system"
     types: tuple[str, ...] = ()
     since: datetime | None = None
     group_id: str | None = None
+    type_filters: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
@@ -116,16 +120,26 @@ class ExportRequest:
         for rtype in self.types:
             if rtype not in known:
                 raise InvalidRequest(f"_type names an unknown resource type '{rtype}'")
+        for rtype, query in self.type_filters:
+            if rtype not in known or not query:
+                raise InvalidRequest(f"_typeFilter takes Type?criteria with a known type, not '{rtype}?{query}'")
         if self.since is not None:
             object.__setattr__(self, "since", utc(self.since))
 
+    @classmethod
+    def parse_type_filter(cls, value: str) -> tuple[str, str]:
+        rtype, _, query = value.partition("?")
+        return rtype.strip(), query
+
     def to_document(self) -> Document:
-        return {"level": self.level, "types": list(self.types), "since": self.since, "group_id": self.group_id}
+        return {"level": self.level, "types": list(self.types), "since": self.since, "group_id": self.group_id,
+                "type_filters": [list(f) for f in self.type_filters]}
 
     @classmethod
     def from_document(cls, doc: Document) -> ExportRequest:
         return cls(level=doc["level"], types=tuple(doc.get("types") or ()), since=doc.get("since"),
-                   group_id=doc.get("group_id"))
+                   group_id=doc.get("group_id"),
+                   type_filters=tuple((str(t), str(q)) for t, q in doc.get("type_filters") or ()))
 
 
 @dataclass(frozen=True)
@@ -151,6 +165,7 @@ class Exporter:
     """Writes the resources as they were at a transaction time into `<out_dir>/<Type>.ndjson` files."""
 
     def __init__(self, store: FhirStore, *, batch_size: int = 500) -> None:
+        self._store = store
         self.resources = store.resources
         self.history = store.history_versions
         self.batch_size = batch_size
@@ -182,9 +197,7 @@ class Exporter:
         at = at.replace(microsecond=at.microsecond // 1000 * 1000)  # what BSON dates keep
         types = self.types_for(request)
         members = await self._group_members(str(request.group_id), at) if request.level == "group" else None
-        wait = (at + settle - datetime.now(UTC)).total_seconds()
-        if wait > 0:
-            await asyncio.sleep(wait)
+        await self._store.settled(at, timeout=settle)
         out_dir.mkdir(parents=True, exist_ok=True)
         files = []
         for rtype in types:
@@ -204,9 +217,12 @@ class Exporter:
             return None
         if progress:
             await progress(rtype, 0, False)
-        # A selective export (a Group, `_since`) walks the small fields and fetches the resources it keeps; one
-        # that keeps most of them (system, patient) reads them all in the walk.
-        lean = request.level == "group" or request.since is not None
+        # `_typeFilter`: the ids its searches match now (searches see current versions; see the docstring).
+        filters = [query for t, query in request.type_filters if t == rtype]
+        wanted = set().union(*[await self._store.ids_matching(rtype, q) for q in filters]) if filters else None
+        # A selective export (a Group, `_since`, a filter) walks the small fields and fetches the resources it
+        # keeps; one that keeps most of them (system, patient) reads them all in the walk.
+        lean = request.level == "group" or request.since is not None or wanted is not None
         cursor = self.resources.find(walk, STAMP_FIELDS if lean else STAMP_AND_RESOURCE, batch_size=self.batch_size)
         path = out_dir / f"{rtype}.ndjson"
         out: IO[bytes] | None = None
@@ -214,6 +230,8 @@ class Exporter:
         try:
             batch: list[Stamp] = []
             async for doc in cursor:
+                if wanted is not None and doc["id"] not in wanted:
+                    continue
                 batch.append(stamp(doc))
                 if len(batch) < self.batch_size:
                     continue

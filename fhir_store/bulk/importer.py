@@ -117,7 +117,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from fhir_store.bulk.files import (
     CORRUPT_ERRORS,
@@ -132,7 +132,7 @@ from fhir_store.bulk.files import (
 from fhir_store.bulk.planning import Mode, Plan, Rejected, Scan, Unresolved, content_id, plan_entry, rewrite_full_urls
 from fhir_store.bulk.progress import ImportProgress, Progress
 from fhir_store.bulk.rejection import Rejection
-from fhir_store.errors import StoreError
+from fhir_store.errors import ResourceExists, StoreError
 from fhir_store.references import ConditionalReferences
 from fhir_store.store import FhirStore
 
@@ -449,14 +449,14 @@ class BulkImporter:
             rid = rid or content_id(resource)
             try:
                 result = await store.create(resource, resource_type=rtype, resource_id=rid)
-            except DuplicateKeyError:
+            except ResourceExists:
                 return "existing", rid  # already stored (maybe deleted since): a POST never changes it
             return "created", rid
         if plan.mode is Mode.CONDITIONAL_CREATE:
             try:
                 result = await store.create(resource, resource_type=rtype, if_none_exist=plan.criteria,
                                             resource_id=rid)
-            except DuplicateKeyError:
+            except ResourceExists:
                 assert rid is not None
                 return "existing", rid  # the id exists, though it does not match the criteria
             return ("created" if result.created else "existing"), result.version.id

@@ -26,6 +26,9 @@ Files
     never write the same file, and no half-written file is ever served.
     Cancelling deletes the job and its folder; a worker still busy with it
     notices at its next renewal (or at once, in the same process) and stops.
+    A finished (complete or failed) job and its files are deleted `retention`
+    after it finished, by whichever worker looks first: exports hold patient
+    data and must not pile up on disk.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import logging
 import os
 import shutil
 import socket
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -57,6 +61,9 @@ JobStatus = Literal["queued", "running", "complete", "failed"]
 
 DEFAULT_LEASE = timedelta(seconds=60)
 DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_RETENTION = timedelta(days=1)
+#: How often a worker looks for finished jobs past their retention (at most).
+_PURGE_EVERY_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,7 @@ class Job:
     progress: dict[str, int] = field(default_factory=dict)
     output: list[dict[str, Any]] = field(default_factory=list)  # {type, file (name), count}
     error: str | None = None
+    completed: datetime | None = None  # when it finished (complete or failed)
 
     @classmethod
     def from_document(cls, doc: Document) -> Job:
@@ -83,7 +91,7 @@ class Job:
                    created=utc(doc["created"]), attempts=doc.get("attempts", 0), owner=doc.get("owner"),
                    lease_until=utc(doc["lease_until"]) if doc.get("lease_until") else None,
                    progress=dict(doc.get("progress") or {}), output=list(doc.get("output") or []),
-                   error=doc.get("error"))
+                   error=doc.get("error"), completed=utc(doc["completed"]) if doc.get("completed") else None)
 
 
 class JobQueue:
@@ -151,6 +159,12 @@ class JobQueue:
     async def delete(self, job_id: str) -> bool:
         return (await self.jobs.delete_one({"_id": job_id})).deleted_count == 1
 
+    async def finished_before(self, moment: datetime) -> list[str]:
+        """Ids of the jobs that finished (complete or failed) before `moment`."""
+        cursor = self.jobs.find({"status": {"$in": ["complete", "failed"]}, "completed": {"$lt": moment}},
+                                {"_id": True})
+        return [str(doc["_id"]) async for doc in cursor]
+
     async def expire_lease(self, job_id: str) -> None:
         """Make a running job claimable now, as if its worker had died long ago (operators, tests)."""
         await self.jobs.update_one({"_id": job_id, "status": "running"},
@@ -176,12 +190,15 @@ class ExportWorker:
     """Claims export jobs and runs them, one at a time, as an asyncio task of the server process."""
 
     def __init__(self, store: FhirStore, exports_dir: Path, *, queue: JobQueue | None = None,
-                 poll_interval: float = 1.0, settle: timedelta = DEFAULT_SETTLE, owner: str | None = None) -> None:
+                 poll_interval: float = 1.0, settle: timedelta = DEFAULT_SETTLE,
+                 retention: timedelta = DEFAULT_RETENTION, owner: str | None = None) -> None:
         self.store = store
         self.queue = queue or JobQueue(store.db)
         self.exports_dir = exports_dir
         self.poll_interval = poll_interval
         self.settle = settle
+        self.retention = retention
+        self._purged_at = float("-inf")
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -208,6 +225,7 @@ class ExportWorker:
     async def _run(self) -> None:
         while True:
             try:
+                await self.purge()
                 job = await self.run_once()
             except asyncio.CancelledError:
                 raise
@@ -233,6 +251,23 @@ class ExportWorker:
             current.task.cancel()
         await asyncio.to_thread(shutil.rmtree, self.job_dir(job_id), True)
         return existed
+
+    async def purge(self, *, force: bool = False) -> int:
+        """Delete the jobs (and files) finished longer than `retention` ago; looks at most once a minute
+        (or as often as the retention is short) unless `force`. How many were deleted."""
+        moment = time.monotonic()
+        if not force and moment - self._purged_at < min(_PURGE_EVERY_SECONDS, self.retention.total_seconds()):
+            return 0
+        self._purged_at = moment
+        expired = await self.queue.finished_before(now() - self.retention)
+        for job_id in expired:
+            await self.cancel(job_id)
+            log.info("export %s: deleted with its files, finished more than %s ago", job_id, self.retention)
+        return len(expired)
+
+    def expires(self, job: Job) -> datetime | None:
+        """When a finished job and its files will be deleted."""
+        return job.completed + self.retention if job.completed is not None else None
 
     async def run_once(self) -> Job | None:
         """Claim one job and run it to the end; the job as it ended, or None when nothing was waiting."""

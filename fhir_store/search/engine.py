@@ -29,9 +29,12 @@ from fhir_store.search.registry import Registry
 
 #: Query parameters that shape the result rather than select resources.
 RESULT_PARAMETERS = {"_sort", "_count", "_include", "_revinclude", "_summary", "_elements", "_total",
-                     "_contained", "_containedType", "_format", "_pretty", "_cursor", "_type"}
+                     "_totalMethod", "_contained", "_containedType", "_format", "_pretty", "_cursor", "_type"}
 SUMMARY_MODES = ("true", "text", "data", "count", "false")
 TOTAL_MODES = ("none", "estimate", "accurate")
+#: Aidbox's `_totalMethod` (sent by the fhirpy client's `count()`), in `_total`'s terms.
+TOTAL_METHODS = {"count": "accurate", "exact": "accurate", "accurate": "accurate", "estimate": "estimate",
+                 "none": "none"}
 MAX_INCLUDED = 1000
 #: Types `$everything` adds when the patient's records reference them (they are outside the compartment).
 EVERYTHING_REFERENCED = {"Practitioner", "PractitionerRole", "Organization", "Location", "Medication", "Device",
@@ -99,6 +102,10 @@ def parse_request(registry: Registry, types: list[str], params: list[tuple[str, 
             if value not in TOTAL_MODES:
                 raise InvalidSearch(f"_total must be one of {', '.join(TOTAL_MODES)}, not '{value}'")
             request.total = value
+        elif base == "_totalMethod":
+            if value not in TOTAL_METHODS:
+                raise InvalidSearch(f"_totalMethod must be one of {', '.join(TOTAL_METHODS)}, not '{value}'")
+            request.total = TOTAL_METHODS[value]
         elif base == "_elements":
             request.elements = [e.strip() for e in value.split(",") if e.strip()]
         elif base == "_cursor":
@@ -169,11 +176,17 @@ class SearchEngine:
         cursor = await self.resources.aggregate([*stages, {"$limit": limit}], session=session)
         return [version_from_document(doc) async for doc in cursor]
 
+    async def matching_ids(self, request: SearchRequest) -> list[str]:
+        """The ids of every match, however many (an export's `_typeFilter`): no paging, ids only."""
+        stages = _match(await self.queries(request, []))
+        cursor = await self.resources.aggregate([*stages, {"$project": {"id": True}}])
+        return [doc["id"] async for doc in cursor]
+
     async def search(self, request: SearchRequest, *, compartment: tuple[str, str] | None = None,
                      session: AsyncClientSession | None = None) -> SearchResult:
         issues: list[Issue] = []
         queries = await self.queries(request, issues, compartment, session)
-        if request.summary == "count":
+        if request.summary == "count" or request.count == 0:  # `_count=0`: how many, and nothing else
             return SearchResult([], [], await self._count(queries, session), None, None, issues, request.summary)
         sort = request.sort if any(k == "_id" for k, _ in request.sort) else [*request.sort, ("_id", ASCENDING)]
         direction, last = _decode_cursor(request.cursor)
