@@ -42,8 +42,9 @@ def create_app(settings: Settings | None = None, *, interceptors: Sequence[Inter
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        known_resource_types()  # load the models now, not on the first request
         async with open_services(settings, write_checks=write_checks) as services:
+            known_resource_types()  # the models and the search registry now, not on the first request
+            services.store.registry  # noqa: B018
             bundles = BundleProcessor(services.store, pipeline, max_entries=settings.max_bundle_entries)
             async with export_worker(settings, services.store) as worker:
                 # The one place app state is set: handlers reach it, typed, through `emr.api.context.Call`.

@@ -25,6 +25,7 @@ import copy
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -34,7 +35,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from fhir_store import indexes, params
-from fhir_store.documents import Document, current_document, history_document, version_from_document
+from fhir_store.documents import Document, Indexer, current_document, history_document, version_from_document
 from fhir_store.errors import (
     InvalidRequest,
     InvalidResource,
@@ -107,15 +108,30 @@ class FhirStore:
         self.resources = db["resources"]
         self.history_versions = db["history"]
         self.claims = db["claims"]
-        self.registry = registry or load_registry()
+        self._registry = registry
+        self._terminology = terminology
         self.page_size = page_size
         self.max_page_size = max_page_size
-        self._indexer = indexer(self.registry)
         self._reader = VersionReader(db)
-        self._engine = SearchEngine(self.registry, self.resources, terminology)
         self._write_checks = tuple(write_checks)
         self._observers = tuple(observers)
         self._horizon = WriteHorizon(db)
+
+    @property
+    def registry(self) -> Registry:
+        """The search parameters; loaded (about 3 s) when first needed, so commands that never search or
+        write (`emr terminology list`) start at once."""
+        if self._registry is None:
+            self._registry = load_registry()
+        return self._registry
+
+    @cached_property
+    def _indexer(self) -> Indexer:
+        return indexer(self.registry)
+
+    @cached_property
+    def _engine(self) -> SearchEngine:
+        return SearchEngine(self.registry, self.resources, self._terminology)
 
     def writing(self) -> AbstractAsyncContextManager[None]:
         """Hold the write horizon from now until the block ends: around a multi-write unit (a transaction),

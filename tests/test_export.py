@@ -8,7 +8,6 @@ state the test itself wrote before the transaction time).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import random
@@ -563,8 +562,6 @@ def test_cli_export(server: LiveServer, db: Any, cli_export: tuple[Path, dict[st
         assert refused.returncode == 2, refused.stderr
 
 
-@pytest.mark.skipif(importlib.util.find_spec("fhir_store.bulk.importer") is None,
-                    reason="needs the importer (fhir_store/bulk/importer.py, `emr import`)")
 def test_round_trip_export_then_import_into_an_empty_database(cli_export: tuple[Path, dict[str, Any]], db: Any,
                                                               mongo_uri: str, tmp_path: Path) -> None:
     folder, _ = cli_export
