@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -163,9 +163,7 @@ class BundleProcessor:
                     if entry.resource is not None:
                         resource = _rewrite(copy.deepcopy(entry.resource), keys)
                         await references.resolve_all(resource)
-                    current = Entry(entry.index, entry.method, entry.url, entry.full_url, resource,
-                                    entry.if_none_exist, entry.if_match, entry.if_none_match,
-                                    entry.if_modified_since)
+                    current = replace(entry, resource=resource)
                     if entry.method == "POST" and entry.if_none_exist is None and entry.full_url in keys:
                         await self.pipeline.run(current.interaction(bundle), partial(prepare, current))
                         continue
