@@ -22,10 +22,13 @@ from fhir_store.errors import (
     StoreError,
     operation_outcome,
 )
+from fhir_store.fhir_json import dumps as dump_json
+from fhir_store.fhir_json import loads as load_json
 from fhir_store.hooks import WriteCheck, WriteContext, WriteObserver
 from fhir_store.instants import format_instant, now, parse_instant
 from fhir_store.model import HistoryCursor, HistoryPage, Version, WriteResult
 from fhir_store.pipeline import Caller, Interaction, Interceptor, Pipeline, Result
+from fhir_store.r4 import r4_differences, r4_problem
 from fhir_store.resource_types import FHIR_VERSION
 from fhir_store.resource_types import resource_types as known_resource_types
 from fhir_store.search.engine import SearchResult
@@ -40,13 +43,13 @@ from fhir_store.terminology.sources import read as read_terminology_source
 from fhir_store.transactions import BundleProcessor
 
 __all__ = [
-    "FHIR_VERSION", "MODIFIERS", "SHIPPED_TERMINOLOGY", "BulkImporter", "BundleProcessor", "Caller", "Exporter",
-    "ExportRequest", "ExportResult", "ExportWorker", "FhirStore", "Forbidden", "HistoryCursor", "HistoryPage",
-    "ImportSummary", "Interaction", "Interceptor", "InvalidRequest", "Issue", "Job", "JobQueue", "Level",
-    "Pipeline", "Registry", "Rejection", "ResourceExists", "ResourceGone", "ResourceNotFound", "Result", "SearchResult",
-    "SourceError", "SourceReport", "StoreError", "TerminologyService", "ValidationMode", "Version", "WriteCheck",
-    "WriteContext", "WriteObserver", "WriteResult", "compartment_definitions", "etag", "format_instant",
-    "history_bundle", "known_resource_types", "load_registry", "load_terminology", "not_modified", "now",
-    "operation_outcome", "page_links", "parse_if_match", "parse_instant", "read_terminology_source",
-    "searchset_bundle",
+    "FHIR_VERSION", "MODIFIERS", "SHIPPED_TERMINOLOGY", "BulkImporter", "BundleProcessor", "Caller",
+    "ExportRequest", "ExportResult", "ExportWorker", "Exporter", "FhirStore", "Forbidden", "HistoryCursor",
+    "HistoryPage", "ImportSummary", "Interaction", "Interceptor", "InvalidRequest", "Issue", "Job", "JobQueue",
+    "Level", "Pipeline", "Registry", "Rejection", "ResourceExists", "ResourceGone", "ResourceNotFound", "Result",
+    "SearchResult", "SourceError", "SourceReport", "StoreError", "TerminologyService", "ValidationMode", "Version",
+    "WriteCheck", "WriteContext", "WriteObserver", "WriteResult", "compartment_definitions", "dump_json", "etag",
+    "format_instant", "history_bundle", "known_resource_types", "load_json", "load_registry", "load_terminology",
+    "not_modified", "now", "operation_outcome", "page_links", "parse_if_match", "parse_instant", "r4_differences",
+    "r4_problem", "read_terminology_source", "searchset_bundle"
 ]

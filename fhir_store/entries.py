@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from fhir_store import fhir_json
 from fhir_store.bundles import etag
 from fhir_store.errors import InvalidRequest
 from fhir_store.instants import parse_instant
@@ -125,6 +126,6 @@ def patch_document(resource: dict[str, Any] | None) -> Any:
             resource.get("contentType") != "application/json-patch+json":
         raise InvalidRequest("A PATCH entry's resource must be a Binary with contentType application/json-patch+json")
     try:
-        return orjson.loads(base64.b64decode(resource.get("data", "")))
+        return fhir_json.loads(base64.b64decode(resource.get("data", "")))
     except (ValueError, orjson.JSONDecodeError):
         raise InvalidRequest("The PATCH entry's Binary.data is not base64-encoded JSON") from None

@@ -76,7 +76,7 @@ class ConditionalReferences:
         matches = await self._find(rtype, query)
         if len(matches) != 1:
             if matches:
-                raise MultipleMatches(f"The conditional reference '{reference}' matches several resources; "
+                raise MultipleMatches(f"The conditional reference '{reference}' matches more than one resource; "
                                       "it must match exactly one")
             raise ResourceNotFound(f"The conditional reference '{reference}' matches no resource; "
                                    "it must match exactly one")

@@ -47,6 +47,7 @@ from fhir_store.errors import (
     TooManyRequests,
     VersionConflict,
 )
+from fhir_store.fhir_json import exact_numbers
 from fhir_store.hooks import WriteCheck, WriteContext, WriteObserver
 from fhir_store.horizon import WriteHorizon
 from fhir_store.ids import check_id, current_key, new_id
@@ -87,6 +88,12 @@ def _content(resource: dict[str, Any] | None) -> dict[str, Any] | None:
     if meta:
         out["meta"] = meta
     return out
+
+
+def _same_content(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """Equal apart from server-owned meta; 1.5 == 1.50 as numbers, so the written decimals must match too."""
+    content_a, content_b = _content(a), _content(b)
+    return content_a == content_b and exact_numbers(content_a) == exact_numbers(content_b)
 
 
 class FhirStore:
@@ -277,7 +284,7 @@ class FhirStore:
         def make(current: Version | None) -> dict[str, Any]:
             if current is not None and current.resource is not None and isinstance(resource, dict):
                 same = nfc_resource(resource)
-                if _content(same) == _content(current.resource):
+                if _same_content(same, current.resource):
                     return same  # identical to a version already validated: re-sends stay cheap
             data = self._valid(resource, resource_type, base)
             if data.get("id") is None:
@@ -398,7 +405,7 @@ class FhirStore:
                     return await self._insert_first(data, ctx)
                 except ResourceExists:
                     continue  # someone created it meanwhile: go round again as an update
-            if not current.deleted and _content(current.resource) == _content(data):
+            if not current.deleted and _same_content(current.resource, data):
                 return WriteResult(current, created=False, changed=False)
             result = await self._replace(current, data, "update", ctx)
             if result is not None:

@@ -42,11 +42,17 @@ def test_if_none_exist_matches_value_only_and_system_only(fhir: httpx.Client) ->
 
 def test_if_none_exist_with_several_matches_is_412(fhir: httpx.Client) -> None:
     number = unique("089")
-    fhir.post("/Patient", json=patient(number), headers=JSON)
-    fhir.post("/Patient", json=patient(number), headers=JSON)
+    for _ in range(3):
+        fhir.post("/Patient", json=patient(number), headers=JSON)
     r = fhir.post("/Patient", json=patient(number), headers={**JSON, "If-None-Exist": f"identifier={number}"})
     assert r.status_code == 412
-    assert r.json()["issue"][0]["code"] == "multiple-matches"
+    issue = r.json()["issue"][0]
+    assert issue["code"] == "multiple-matches"
+    assert "match more than one Patient" in issue["diagnostics"]  # not a count that may be wrong
+    url = f"/Patient?identifier={number}"
+    for refused in (fhir.put(url, json=patient(number), headers=JSON), fhir.delete(url)):
+        assert refused.status_code == 412
+        assert "match more than one Patient" in refused.json()["issue"][0]["diagnostics"]
 
 
 def test_unknown_criteria_are_refused_not_ignored(fhir: httpx.Client) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from fhir_store import FhirStore
+from fhir_store import FhirStore, dump_json
 from fhir_store.bulk.importer import BulkImporter, import_order
 from tests.conftest import SHARED_DATA
 from tests.synthea import bundle_file, resources
@@ -221,7 +221,7 @@ async def test_bad_ndjson_lines_are_reported_and_the_others_imported(store: Fhir
     assert "not valid JSON" in reasons["line 3"].reason
     assert (reasons["line 4"].resource_type, reasons["line 4"].id) == ("Patient", "bad-gender")
     assert "Patient.gender" in reasons["line 4"].reason and "xyz" in reasons["line 4"].reason
-    assert "matches several resources" in reasons["line 6"].reason and reasons["line 6"].id == "obs-twice"
+    assert "matches more than one resource" in reasons["line 6"].reason and reasons["line 6"].id == "obs-twice"
     assert "matches no resource" in reasons["line 7"].reason
     assert "no FHIR resource" in reasons["line 9"].reason
     assert (summary.read, summary.created) == (8, 3)
@@ -424,3 +424,18 @@ async def test_command_exit_code_error_file_and_json(store: FhirStore, mongo_uri
     for words in (".ndjson.gz", "urn:uuid", "ifNoneExist", "--error-file", "Exit code: 0"):
         assert words in text
 
+
+
+async def test_imported_decimals_keep_their_text(store: FhirStore, tmp_path: Path) -> None:
+    line = ('{"resourceType": "Observation", "id": "hba1c", "status": "final", "code": {"text": "HbA1c"},'
+            ' "valueQuantity": {"value": 6.50, "unit": "%"}, "component": [{"code": {"text": "tiny"},'
+            ' "valueQuantity": {"value": 1e-3}}]}')
+    path = ndjson(tmp_path / "decimals.ndjson", [line])
+    summary = await BulkImporter(store).run([path])
+    assert summary.created == 1
+    version = await store.read("Observation", "hba1c")
+    written = json.loads(dump_json(version.resource), parse_float=str)
+    assert written["valueQuantity"]["value"] == "6.50"
+    assert written["component"][0]["valueQuantity"]["value"] == "1e-3"
+    again = await BulkImporter(store).run([path])
+    assert (again.created, again.updated, again.unchanged) == (0, 0, 1)

@@ -1,13 +1,14 @@
 """Every sample resource in ../shared/data can be written through the API and read back unchanged.
 
-The HL7 R4 examples are PUT with their own ids. The Synthea bundles are loaded
+The HL7 R4 examples are PUT with their own ids, as R4B (the default) and as R4
+(`fhirVersion=4.0` in the media types). The Synthea bundles are loaded
 resource by resource: every entry is POSTed (the server assigns the id; the
 bundles' `urn:uuid:` references are left as they are) and a sample is also PUT
 with its original id. Each write must succeed (never a 5xx, never a 4xx), and a
 read of the written resource must give back exactly what was sent, apart from the
 server-owned `meta.versionId` and `meta.lastUpdated` (and `id`, after a POST).
-Numbers are compared after `json.loads` of both sides, so `1.50` equals `1.5`;
-value types are compared strictly, so `true` never equals `1`.
+Numbers are compared as written on the wire (`1.50` is not `1.5`). Value types are
+compared strictly, so `true` never equals `1`.
 
 These tests use a server with a database of their own, so the shared session
 database is not filled with thousands of resources, and the fixed ids of the
@@ -39,6 +40,20 @@ PUT_STRIDE = 20
 SHOWN_PROBLEMS = 15
 
 Resource = dict[str, Any]
+R4 = "application/fhir+json; fhirVersion=4.0"
+
+
+class Written(str):
+    """A JSON number as its text, so a comparison sees `1.50` and `1.5` as different."""
+
+
+def exact_json(text: str | bytes) -> Any:
+    return json.loads(text, parse_float=Written, parse_int=Written)
+
+
+def as_sent(resource: Resource) -> Resource:
+    """What `httpx`'s `json=` puts on the wire, numbers as written there."""
+    return exact_json(json.dumps(resource))  # type: ignore[no-any-return]
 
 
 # ---- comparison -----------------------------------------------------------------------------
@@ -74,7 +89,7 @@ def differences(sent: Any, got: Any, path: str = "") -> Iterator[str]:
 
 
 def _short(value: Any, limit: int = 200) -> str:
-    text = json.dumps(value, ensure_ascii=False)
+    text = str(value) if isinstance(value, Written) else json.dumps(value, ensure_ascii=False)
     return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
 
 
@@ -113,13 +128,13 @@ def write_status_problem(response: httpx.Response, expected: tuple[int, ...]) ->
 
 
 def read_back(fhir: httpx.Client, resource_type: str, resource_id: str, sent: Resource, *,
-              drop_id: bool, where: str, problems: Problems) -> bool:
-    """GET the resource and compare it with what was sent; True when it round-tripped."""
-    response = fhir.get(f"/{resource_type}/{resource_id}")
+              drop_id: bool, where: str, problems: Problems, headers: dict[str, str] | None = None) -> bool:
+    """GET the resource and compare it with what was sent (numbers as written); True when it round-tripped."""
+    response = fhir.get(f"/{resource_type}/{resource_id}", headers=headers)
     if response.status_code != 200:
         problems.add(where, f"read {resource_type}/{resource_id} gave HTTP {response.status_code}: {_body(response)}")
         return False
-    got = response.json()
+    got = exact_json(response.text)
     if got.get("id") != resource_id:
         problems.add(where, f"read {resource_type}/{resource_id} returned id {got.get('id')!r}")
         return False
@@ -156,7 +171,7 @@ def test_comparison_sees_real_differences() -> None:
             "valueBoolean": True, "component": [{"valueInteger": 1}]}
     same = {**sent, "meta": {"profile": ["p"], "versionId": "1", "lastUpdated": "2025-01-01T00:00:00.000Z"}}
     assert list(differences(without_server_meta(sent), without_server_meta(same))) == []
-    assert list(differences(json.loads('{"v": 1.50}'), json.loads('{"v": 1.5}'))) == []
+    assert list(differences(exact_json('{"v": 1.50}'), exact_json('{"v": 1.5}'))) == ["v: sent 1.50, read back 1.5"]
     changed = {**sent, "meta": {}, "valueBoolean": 1, "component": [{"valueInteger": 1.0}, {}]}
     assert list(differences(without_server_meta(sent), without_server_meta(changed))) == [
         "component: sent 1 items, read back 2: sent [{\"valueInteger\": 1}], got [{\"valueInteger\": 1.0}, {}]",
@@ -167,16 +182,22 @@ def test_comparison_sees_real_differences() -> None:
     assert "id" not in without_server_meta(sent, drop_id=True)
 
 
+@pytest.mark.parametrize("release", ["R4B", "R4"])
 @pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)
-def test_hl7_example_put_and_read_back(own_fhir: httpx.Client, path: Path) -> None:
-    resource: Resource = json.loads(path.read_text(encoding="utf-8"))
+def test_hl7_example_put_and_read_back(own_fhir: httpx.Client, path: Path, release: str) -> None:
+    resource: Resource = exact_json(path.read_bytes())
     rtype, rid = resource["resourceType"], resource["id"]
-    problems = Problems(f"fhir-r4-examples/{path.name} ({rtype}/{rid})")
-    response = own_fhir.put(f"/{rtype}/{rid}", content=path.read_bytes(), headers=JSON)
+    problems = Problems(f"fhir-r4-examples/{path.name} ({rtype}/{rid}) as {release}")
+    media = R4 if release == "R4" else JSON["Content-Type"]
+    response = own_fhir.put(f"/{rtype}/{rid}", content=path.read_bytes(), headers={"Content-Type": media,
+                                                                                   "Accept": media})
     if (problem := write_status_problem(response, (200, 201))) is not None:
         problems.add(f"PUT {rtype}/{rid}", problem)
+    elif release == "R4" and "fhirVersion=4.0" not in response.headers["content-type"]:
+        problems.add(f"PUT {rtype}/{rid}", f"answered as {response.headers['content-type']}, not as R4")
     else:
-        read_back(own_fhir, rtype, rid, resource, drop_id=False, where="read back", problems=problems)
+        read_back(own_fhir, rtype, rid, resource, drop_id=False, where="read back", problems=problems,
+                  headers={"Accept": media})
     problems.check()
 
 
@@ -209,7 +230,7 @@ def test_synthea_bundle_post_put_and_read_back(own_fhir: httpx.Client, path: Pat
             problems.add(f"POST {where}", f"the server assigned id {rid} twice")
             continue
         new_ids.add(rid)
-        if read_back(own_fhir, rtype, rid, resource, drop_id=True, where=f"read after POST {where}",
+        if read_back(own_fhir, rtype, rid, as_sent(resource), drop_id=True, where=f"read after POST {where}",
                      problems=problems):
             loaded_types[rtype] += 1
 
@@ -221,7 +242,8 @@ def test_synthea_bundle_post_put_and_read_back(own_fhir: httpx.Client, path: Pat
         if (problem := write_status_problem(response, (200, 201))) is not None:
             problems.add(f"PUT {where}", problem)
             continue
-        read_back(own_fhir, rtype, rid, resource, drop_id=False, where=f"read after PUT {where}", problems=problems)
+        read_back(own_fhir, rtype, rid, as_sent(resource), drop_id=False, where=f"read after PUT {where}",
+                  problems=problems)
 
     problems.check()
     assert loaded_types == sent_types, f"{short_name(path)}: loaded {dict(loaded_types)} of {dict(sent_types)}"

@@ -12,7 +12,8 @@ from typing import Any
 
 import emr
 from emr.api.routing import CAPABILITIES
-from fhir_store import FHIR_VERSION, MODIFIERS, Registry, format_instant, now
+from emr.api.versions import DEFAULT, RELEASES
+from fhir_store import MODIFIERS, Registry, format_instant, now, r4_differences
 from fhir_store import compartment_definitions as compartments
 from fhir_store import known_resource_types as resource_types
 
@@ -78,7 +79,9 @@ def _search_param(code: str, url: str, ptype: str) -> dict[str, Any]:
             "documentation": f"Modifiers: {modifiers or 'none'}{chain}"}
 
 
-def capability_statement(base: str, registry: Registry) -> dict[str, Any]:
+def capability_statement(base: str, registry: Registry, release: str = DEFAULT) -> dict[str, Any]:
+    """What this server does, in the FHIR version asked for (R4 leaves out the types that differ from R4B)."""
+    left_out = r4_differences() if release != DEFAULT else {}
     system_codes = sorted({c.code for c in CAPABILITIES if c.level == "system" and c.code != "capabilities"})
     return {
         "resourceType": "CapabilityStatement",
@@ -88,12 +91,12 @@ def capability_statement(base: str, registry: Registry) -> dict[str, Any]:
         "kind": "instance",
         "software": {"name": "An Giang EMR", "version": emr.__version__},
         "implementation": {"description": "An Giang EMR FHIR server", "url": base},
-        "fhirVersion": FHIR_VERSION,
+        "fhirVersion": RELEASES[release],
         "format": ["application/fhir+json", "json"],
         "patchFormat": ["application/json-patch+json"],
         "rest": [{
             "mode": "server",
-            "resource": list(_resource_entries(registry)),
+            "resource": [e for e in _resource_entries(registry) if e["type"] not in left_out],
             "interaction": [{"code": code} for code in system_codes],
             "operation": _operations("system"),
             "compartment": [f"http://hl7.org/fhir/CompartmentDefinition/{c.lower()}" for c in compartments()]

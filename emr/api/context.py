@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import Request
 
+from emr.api import versions
 from emr.api.formats import is_pretty, read_json
 from emr.settings import Settings
 from fhir_store import BundleProcessor, ExportWorker, FhirStore, Interaction, Pipeline, TerminologyService
@@ -39,6 +40,7 @@ class Call:
     it: Interaction
     request: Request
     services: ApiServices
+    release: str = versions.DEFAULT  # the FHIR version negotiated with the client ("4.0" or "4.3")
 
     @property
     def settings(self) -> Settings:
@@ -63,4 +65,9 @@ class Call:
         return list(self.request.query_params.multi_items())
 
     async def json(self, *, patch: bool = False) -> Any:
-        return await read_json(self.request, self.settings.max_body_bytes, patch=patch)
+        """The body, refused (415) when it holds a resource type an R4 client cannot send us as it is."""
+        body = await read_json(self.request, self.settings.max_body_bytes, patch=patch)
+        if not patch:
+            release = versions.body_release(self.request, self.release) or self.release
+            versions.check_resources(release, versions.resources_in(body), 415)
+        return body

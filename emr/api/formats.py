@@ -8,6 +8,7 @@ import orjson
 from fastapi import Request
 
 from emr.api.responses import ApiError
+from fhir_store import load_json
 
 _JSON = {"application/fhir+json", "application/json", "application/json+fhir", "json", "text/json",
          "application/*", "*/*", "*"}
@@ -58,6 +59,6 @@ async def read_json(request: Request, max_bytes: int, *, patch: bool = False) ->
     if not body:
         raise ApiError(400, "The request has no body", "required")
     try:
-        return orjson.loads(body)
+        return load_json(body)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, f"The body is not valid JSON: {exc}", "structure") from None

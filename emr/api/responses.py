@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from fastapi import Response
 
-from fhir_store import Issue, operation_outcome
+from fhir_store import Issue, dump_json, operation_outcome
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 
@@ -20,10 +19,20 @@ class ApiError(Exception):
         self.issues = [Issue(code, message)]
 
 
+class FhirResponse(Response):
+    """A FHIR JSON answer that keeps the resource it carries, so version negotiation can check its types."""
+
+    def __init__(self, resource: dict[str, Any] | None, status: int, headers: dict[str, str] | None,
+                 *, pretty: bool) -> None:
+        self.resource = resource
+        content = b"" if resource is None else dump_json(resource, pretty=pretty)
+        super().__init__(content, status_code=status, headers=headers,
+                         media_type=FHIR_JSON if resource is not None else None)
+
+
 def fhir_response(body: dict[str, Any] | None, status: int = 200, headers: dict[str, str] | None = None,
-                  *, pretty: bool = False) -> Response:
-    content = b"" if body is None else orjson.dumps(body, option=orjson.OPT_INDENT_2 if pretty else 0)
-    return Response(content, status_code=status, headers=headers, media_type=FHIR_JSON if body is not None else None)
+                  *, pretty: bool = False) -> FhirResponse:
+    return FhirResponse(body, status, headers, pretty=pretty)
 
 
 def outcome_response(status: int, issues: list[Issue], *, pretty: bool = False,

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from emr.api import http
+from emr.api import http, versions
 from emr.api.capability import capability_statement
 from emr.api.context import Call
 from emr.api.responses import ApiError, fhir_response
-from emr.api.routing import CAPABILITIES, Capability, interaction
-from fhir_store import history_bundle, page_links, searchset_bundle
+from emr.api.routing import CAPABILITIES, Capability, interaction, operation
+from fhir_store import dump_json, history_bundle, page_links, searchset_bundle
 
 router = APIRouter(prefix="/fhir")
 
@@ -24,7 +24,19 @@ router = APIRouter(prefix="/fhir")
 @interaction(router, "GET", "/metadata", "capabilities", "system")
 async def capabilities(call: Call) -> Response:
     """The CapabilityStatement, generated from the routes and resource models this server has."""
-    return fhir_response(capability_statement(call.base, call.store.registry), pretty=call.pretty)
+    return fhir_response(capability_statement(call.base, call.store.registry, call.release), pretty=call.pretty)
+
+
+@operation(router, "GET", "/$versions", "versions", advertise=False)  # before /{resource_type} takes the path
+async def fhir_versions(call: Call) -> Response:
+    """The FHIR versions this server speaks (ask for one with `fhirVersion` in the media type) and its default.
+
+    A Parameters resource; plain JSON (`{"versions": [...], "default": ...}`) for `Accept: application/json`,
+    as the operation's definition asks.
+    """
+    if call.request.headers.get("accept", "").split(";")[0].split(",")[0].strip().lower() == "application/json":
+        return Response(dump_json(versions.versions_plain()), media_type="application/json")
+    return fhir_response(versions.versions_parameters(), pretty=call.pretty)
 
 
 @interaction(router, "GET", "/_history", "history-system", "system")

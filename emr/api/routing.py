@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from fastapi import APIRouter, Request, Response
 
+from emr.api import versions
 from emr.api.context import Call, services_of
 from emr.api.formats import check_acceptable
 from fhir_store import Interaction
@@ -77,16 +78,19 @@ def operation(on: APIRouter, method: str, path: str, name: str, *, resource_type
 
 def _add_route(on: APIRouter, method: str, path: str, handler: Handler, make: Callable[[Request], Interaction],
                *, summary: str, include_in_schema: bool = True, negotiate: bool = True) -> None:
-    """The one way a route is added: build the Interaction, negotiate the format, run the Pipeline."""
+    """The one way a route is added: build the Interaction, negotiate format and FHIR version, run the Pipeline."""
 
     async def endpoint(request: Request) -> Response:
         services = services_of(request)
         it = make(request)
         if negotiate:  # file downloads answer in their own format, whatever Accept says
             check_acceptable(request)
+        release = versions.negotiate(request)
 
         async def handle(it: Interaction) -> Response:
-            return await handler(Call(it, request, services))
+            sending = request.method in ("POST", "PUT", "PATCH")  # the client's content is refused: 415
+            versions.check_types(release, [it.resource_type] if it.resource_type else [], 415 if sending else 406)
+            return versions.answer_in(release, await handler(Call(it, request, services, release)))
 
         return await services.pipeline.run(it, handle)
 

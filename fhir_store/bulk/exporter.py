@@ -74,8 +74,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Literal
 
-import orjson
-
+from fhir_store import fhir_json
 from fhir_store.compartments import compartments
 from fhir_store.documents import STAMP_AND_RESOURCE, STAMP_FIELDS, Document, Stamp, stamp, type_range
 from fhir_store.errors import InvalidRequest, ResourceNotFound
@@ -282,7 +281,7 @@ class Exporter:
                 continue
             if version is None or version.deleted:
                 continue  # created after T, or deleted at T
-            lines.append(orjson.dumps(version.res, option=orjson.OPT_APPEND_NEWLINE))
+            lines.append(fhir_json.dumps(version.res, newline=True))
         return lines
 
     async def _versions_at(self, rtype: str, ids: Iterable[str], at: datetime) -> dict[str, Stamp]:

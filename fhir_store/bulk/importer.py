@@ -119,6 +119,7 @@ from typing import Any
 import orjson
 from pymongo.errors import ConnectionFailure, PyMongoError
 
+from fhir_store import fhir_json
 from fhir_store.bulk.files import (
     CORRUPT_ERRORS,
     CorruptFile,
@@ -254,7 +255,7 @@ class BulkImporter:
         """A file holding one resource (or a document/message Bundle): read whole, written as it is."""
         try:
             with open_file(path) as (_raw, stream):
-                data = orjson.loads(stream.read())
+                data = fhir_json.loads(stream.read())
         except (orjson.JSONDecodeError, *CORRUPT_ERRORS) as exc:
             self._reject(Rejection(str(path), "file", None, None, f"not valid JSON: {exc}"))
             return
@@ -276,7 +277,7 @@ class BulkImporter:
                     self.summary.read += 1
                     position = f"line {number}"
                     try:
-                        data = orjson.loads(line)
+                        data = fhir_json.loads(line)
                     except orjson.JSONDecodeError as exc:
                         self._reject(Rejection(name, position, None, None, f"not valid JSON: {exc}"))
                         continue

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-import orjson
-
+from fhir_store import fhir_json
 from fhir_store.bulk.files import CorruptFile
 from fhir_store.errors import StoreError
 from fhir_store.ids import check_id
@@ -89,7 +88,7 @@ def id_from_full_url(full_url: str, resource_type: str) -> str:
 
 def content_id(resource: dict[str, Any]) -> str:
     """A stable id for a resource that has none: the same content gets the same id on every run."""
-    return str(uuid.uuid5(_CONTENT_NAMESPACE, orjson.dumps(resource, option=orjson.OPT_SORT_KEYS).decode()))
+    return str(uuid.uuid5(_CONTENT_NAMESPACE, fhir_json.dumps(resource, sort_keys=True).decode()))
 
 
 def rewrite_full_urls(value: Any, urls: dict[str, str | None] | None) -> None:

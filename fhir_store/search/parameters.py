@@ -8,6 +8,7 @@ optional comparison prefix and an implicit precision, which becomes a range:
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -68,4 +69,6 @@ def decimal(param_code: str, text: str) -> tuple[float, float, float]:
     if not number.is_finite():
         raise InvalidSearch(f"'{text}' is not a finite number for '{param_code}'")
     half = Decimal(5).scaleb(number.as_tuple().exponent - 1)  # type: ignore[operator]
-    return float(number), float(number - half), float(number + half)
+    value, lo, hi = float(number), float(number - half), float(number + half)
+    # Past a double's 16 digits the range may round to nothing: keep the value itself inside it.
+    return value, min(lo, value), hi if hi > value else math.nextafter(value, math.inf)
