@@ -88,3 +88,44 @@ class Errors:
             self.count += 1
             if len(self.samples) < ERROR_SAMPLES:
                 self.samples.append(what[:400])
+
+
+def sign_in(mongodb_uri: str, database: str, port: int, role: str = "clinician") -> str | None:
+    """An access token for a new user with `role` on the API under test, as a ward terminal gets one.
+
+    None when the server has no sign-in (a commit from before it, measured for comparison).
+    """
+    import asyncio
+    import json
+    import secrets
+    from urllib.parse import urlencode
+
+    try:
+        from pymongo import AsyncMongoClient
+
+        from security import Accounts
+    except ImportError:
+        return None
+    username, password = f"bench-{secrets.token_hex(4)}", secrets.token_urlsafe(16)
+
+    async def add() -> None:
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_uri, tz_aware=True)
+        try:
+            await Accounts(client[database]).add_user(username, role, password)
+        finally:
+            await client.close()
+
+    asyncio.run(add())
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    try:
+        conn.request("POST", "/auth/token", body=urlencode(
+            {"grant_type": "password", "username": username, "password": password}),
+            headers={"Content-Type": "application/x-www-form-urlencoded"})
+        answer = conn.getresponse()
+        body = answer.read()
+    finally:
+        conn.close()
+    if answer.status != 200:
+        raise SystemExit(f"Sign-in for the benchmark failed: {answer.status} {body[:300]!r}")
+    token: str = json.loads(body)["access_token"]
+    return token

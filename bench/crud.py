@@ -57,7 +57,7 @@ from pymongo.collection import Collection
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from _common import Errors, environment, free_port, stop_process, wait_for_api  # noqa: E402
+from _common import Errors, environment, free_port, sign_in, stop_process, wait_for_api  # noqa: E402
 
 from emr.embedded_db import ensure_embedded  # noqa: E402
 from fhir_store import indexes  # noqa: E402
@@ -188,11 +188,14 @@ def run_parallel(work: Sequence[Any], clients: int, make_worker: Callable[[], Ca
 class HttpClient:
     """One keep-alive HTTP/1.1 connection (http.client: far cheaper per request than httpx)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, token: str | None = None) -> None:
         self.conn = http.client.HTTPConnection(HOST, port, timeout=REQUEST_TIMEOUT_S)
+        self.token = token
 
     def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, str | None, bytes]:
         headers = {"Accept": FHIR_JSON}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         if body is not None:
             headers["Content-Type"] = FHIR_JSON
         self.conn.request(method, path, body=body, headers=headers)
@@ -209,12 +212,13 @@ class ApiTarget:
     """The API under test; keeps the keys ("Type/id") of what it created, for the reads."""
 
     port: int
+    token: str | None = None  # a clinician's access token (None: a server from before sign-in)
     created: list[str] = field(default_factory=list)
     errors: Errors = field(default_factory=Errors)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def creator(self) -> Callable[[Body], None]:
-        client = HttpClient(self.port)
+        client = HttpClient(self.port, self.token)
 
         def create(item: Body) -> None:
             rtype, body = item
@@ -229,7 +233,7 @@ class ApiTarget:
         return create
 
     def read_all(self, keys: Sequence[str]) -> list[float]:
-        client = HttpClient(self.port)
+        client = HttpClient(self.port, self.token)
         samples: list[float] = []
         try:
             for key in keys:
@@ -253,7 +257,7 @@ def start_api(mongodb_uri: str, port: int) -> subprocess.Popen[bytes]:
         "import uvicorn\n"
         "from emr.app import create_app\n"
         "from emr.settings import Settings\n"
-        f"app = create_app(Settings(mongodb_uri={mongodb_uri!r}, database={API_DB!r}))\n"
+        f"app = create_app(Settings(mongodb_uri={mongodb_uri!r}, database={API_DB!r}, secret_key='bench'))\n"
         f"uvicorn.run(app, host={HOST!r}, port={port}, log_level='warning', access_log=False)\n"
     )
     return subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
@@ -317,12 +321,13 @@ def sample_keys(keys: list[str], count: int, rng: random.Random) -> list[str]:
     return rng.sample(keys, count) if count <= len(keys) else rng.choices(keys, k=count)
 
 
-def warm_up(port: int, collection: Collection[Doc], resources: list[Doc], bodies: list[Body], bare: bool) -> Errors:
+def warm_up(port: int, token: str | None, collection: Collection[Doc], resources: list[Doc], bodies: list[Body],
+            bare: bool) -> Errors:
     """One create and read per resource type, so first-use costs (model build, pools) stay out of the figures."""
     first: dict[str, int] = {}
     for i, resource in enumerate(resources):
         first.setdefault(resource["resourceType"], i)
-    api, driver = ApiTarget(port), DriverTarget(collection)
+    api, driver = ApiTarget(port, token), DriverTarget(collection)
     create, insert = api.creator(), driver.inserter()
     for i, doc in zip(first.values(), driver_documents([resources[i] for i in first.values()], bare), strict=True):
         create(bodies[i])
@@ -332,11 +337,11 @@ def warm_up(port: int, collection: Collection[Doc], resources: list[Doc], bodies
     return api.errors
 
 
-def run_once(port: int, collection: Collection[Doc], meter: CpuMeter, resources: list[Doc], bodies: list[Body],
-             concurrency: int, reads: int, bare: bool, rng: random.Random,
+def run_once(port: int, token: str | None, collection: Collection[Doc], meter: CpuMeter, resources: list[Doc],
+             bodies: list[Body], concurrency: int, reads: int, bare: bool, rng: random.Random,
              log: Callable[[str], None]) -> dict[str, Phase]:
     """The six phases, API then driver; creates first, then reads of what this run created."""
-    api, driver = ApiTarget(port), DriverTarget(collection)
+    api, driver = ApiTarget(port, token), DriverTarget(collection)
     phases: dict[str, Phase] = {}
 
     def writes(name: str, what: str, work: Sequence[Any], clients: int, make: Callable[[], Callable[[Any], None]],
@@ -482,19 +487,20 @@ def main(argv: list[str] | None = None) -> int:
             log(f"starting the API on http://{HOST}:{port}/fhir")
             api_process = start_api(uri, port)
             wait_for_api(api_process, port, START_TIMEOUT_S)
+            token = sign_in(uri, API_DB, port)  # a clinician's, as a ward terminal signs in
             meter = CpuMeter({"api": api_process.pid, "db": server.process.pid})
             client = MongoClient(uri, tz_aware=True, maxPoolSize=max(100, args.concurrency))
             collection = client[DRIVER_DB]["resources"]
             DriverTarget(collection).prepare()
             log("warming up")
-            for sample in warm_up(port, collection, resources, bodies, args.bare_docs).samples:
+            for sample in warm_up(port, token, collection, resources, bodies, args.bare_docs).samples:
                 log(f"  ! {sample}")
             for i in range(args.repeat):
                 if runs and time.perf_counter() - began > args.budget:
                     log(f"time budget of {args.budget:.0f}s spent: stopping after {len(runs)} run(s)")
                     break
                 log(f"run {i + 1}/{args.repeat}")
-                runs.append(run_once(port, collection, meter, resources, bodies, args.concurrency, args.reads,
+                runs.append(run_once(port, token, collection, meter, resources, bodies, args.concurrency, args.reads,
                                      args.bare_docs, rng, log))
         finally:
             if client is not None:

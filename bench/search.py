@@ -54,7 +54,7 @@ from pymongo.collection import Collection
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from _common import Errors, environment, free_port, stop_process, wait_for_api  # noqa: E402
+from _common import Errors, environment, free_port, sign_in, stop_process, wait_for_api  # noqa: E402
 
 from emr.embedded_db import ensure_embedded  # noqa: E402
 from emr.settings import Settings  # noqa: E402
@@ -116,11 +116,12 @@ class Latency:
 class HttpClient:
     """One keep-alive HTTP/1.1 connection (http.client: far cheaper per request than httpx)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, token: str | None = None) -> None:
         self.conn = http.client.HTTPConnection(HOST, port, timeout=REQUEST_TIMEOUT_S)
+        self.headers = {"Accept": FHIR_JSON, **({"Authorization": f"Bearer {token}"} if token else {})}
 
     def request(self, method: str, path: str) -> tuple[int, bytes]:
-        self.conn.request(method, path, headers={"Accept": FHIR_JSON})
+        self.conn.request(method, path, headers=self.headers)
         response = self.conn.getresponse()
         data = response.read()  # read it all, or the connection cannot be reused
         return response.status, data
@@ -514,11 +515,11 @@ class SearchResult:
                 "error_samples": self.errors}
 
 
-def measure(port: int, collection: Collection[Doc], cases: dict[str, list[Case]], warmup: int,
+def measure(port: int, token: str | None, collection: Collection[Doc], cases: dict[str, list[Case]], warmup: int,
             log: Callable[[str], None]) -> list[SearchResult]:
     """Each search: its first `warmup` cases untimed, then the rest, API and driver alternately on the same
     case (who goes first alternates too, so neither always finds the other's pages freshly cached)."""
-    client = HttpClient(port)
+    client = HttpClient(port, token)
     results = []
     try:
         for label, runs in cases.items():
@@ -616,7 +617,7 @@ def start_api(settings: Settings, port: int) -> subprocess.Popen[bytes]:
         "from emr.app import create_app\n"
         "from emr.settings import Settings\n"
         f"app = create_app(Settings(mongodb_uri={settings.mongodb_uri!r}, database={settings.database!r}, "
-        f"data_dir=Path({str(settings.data_dir)!r})))\n"
+        f"data_dir=Path({str(settings.data_dir)!r}), secret_key='bench'))\n"
         f"uvicorn.run(app, host={HOST!r}, port={port}, log_level='warning', access_log=False)\n"
     )
     return subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
@@ -705,9 +706,10 @@ def main(argv: list[str] | None = None) -> int:
         log(f"starting the API on http://{HOST}:{port}/fhir")
         api_process = start_api(settings, port)
         wait_for_api(api_process, port, START_TIMEOUT_S)
+        token = sign_in(server.uri, DATABASE, port)  # a clinician's, as a ward terminal signs in
         log(f"timing {len(SEARCHES)} searches x {args.iterations}")
         before = os.getloadavg()[0]
-        results = measure(port, collection, cases, args.warmup, log)
+        results = measure(port, token, collection, cases, args.warmup, log)
         loadavg = (before, os.getloadavg()[0])
         asyncio.run(explain_all(server.uri, cases, results))
         for result in results:

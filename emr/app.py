@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import unicodedata
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -11,10 +12,12 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from emr import __version__
+from emr.api.auth import router as auth_router
 from emr.api.bulk_export import export_worker
 from emr.api.bulk_export import router as bulk_export_router
 from emr.api.context import ApiServices
 from emr.api.formats import is_pretty
+from emr.api.headers import install_headers
 from emr.api.responses import ApiError, outcome_response
 from emr.api.routes import router
 from emr.api.terminology import router as terminology_router
@@ -38,27 +41,30 @@ def create_app(settings: Settings | None = None, *, interceptors: Sequence[Inter
                write_checks: Sequence[WriteCheck] = ()) -> FastAPI:
     """The app. `interceptors` join the pipeline every interaction passes; `write_checks` join the store's."""
     settings = settings or get_settings()
-    pipeline = Pipeline(interceptors)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_services(settings, write_checks=write_checks) as services:
+            # Audit first (it records refusals too), then authentication, authorisation, then the caller's own.
+            pipeline = Pipeline([*services.security.interceptors, *interceptors])
             known_resource_types()  # the models and the search registry now, not on the first request
             services.store.registry  # noqa: B018
             bundles = BundleProcessor(services.store, pipeline, max_entries=settings.max_bundle_entries)
             async with export_worker(settings, services.store) as worker:
                 # The one place app state is set: handlers reach it, typed, through `emr.api.context.Call`.
                 app.state.services = ApiServices(settings, pipeline, services.store, services.terminology,
-                                                 bundles, worker)
+                                                 bundles, worker, services.security)
                 yield
 
     app = FastAPI(title="An Giang EMR", version=__version__, lifespan=lifespan,
                   description="FHIR R4 server of the An Giang hospitals' EMR.")
     # Operation routers first: /fhir/$export, /fhir/CodeSystem/$lookup would otherwise match the generic paths.
+    app.include_router(auth_router)
     app.include_router(bulk_export_router)
     app.include_router(terminology_router)
     app.include_router(router)
     _install_error_handlers(app)
+    install_headers(app, settings)
     return app
 
 
@@ -68,6 +74,13 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StoreError)
     async def store_error(request: Request, exc: StoreError) -> Response:
         headers = {"ETag": f'W/"{exc.version_id}"'} if isinstance(exc, ResourceGone) else None
+        if exc.status in (401, 403):  # RFC 6750 §3: what the client should do about it
+            error = "invalid_token" if exc.status == 401 else "insufficient_scope"
+            # Header values are Latin-1: the message without accents (the body has it whole).
+            plain = unicodedata.normalize("NFKD", str(exc).replace("đ", "d").replace("Đ", "D").replace("…", "..."))
+            description = plain.encode("ascii", "ignore").decode().replace('"', "'")[:300]
+            headers = {"WWW-Authenticate": f'Bearer realm="An Giang EMR", error="{error}", '
+                                           f'error_description="{description}"'}
         return outcome_response(exc.status, exc.issues, pretty=is_pretty(request), headers=headers)
 
     @app.exception_handler(ApiError)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from emr.commands import export_command, terminology_command
+from emr.commands import clients_command, export_command, keys_command, terminology_command, users_command
 from emr.commands.import_command import import_
 from emr.settings import get_settings
 
@@ -37,6 +37,9 @@ def serve(
 app.command("export")(export_command.export)
 app.command("import")(import_)
 app.add_typer(terminology_command.app, name="terminology")
+app.add_typer(users_command.app, name="users")
+app.add_typer(clients_command.app, name="clients")
+app.add_typer(keys_command.app, name="keys")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ service (built first, then handed to the store as its write check, observer and
 search terminology), and whatever a caller adds (tests plug extra write checks
 in). The store loads the search registry when it first needs it, so a command
 that only reads the catalog starts at once. A command that wrote through a bare
-`FhirStore` would leave the terminology catalog behind, so all open it here.
+`FhirStore` would leave the terminology catalog behind, so all open it here. Security (accounts,
+tokens, and the interceptors that authenticate, authorise and audit) is built here too.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from dataclasses import dataclass
 from emr.database import open_database
 from emr.settings import Settings
 from fhir_store import FhirStore, TerminologyService, WriteCheck, WriteObserver
+from security import Security, server_secret
 
 
 @dataclass(frozen=True)
 class Services:
     store: FhirStore
     terminology: TerminologyService
+    security: Security
 
 
 @asynccontextmanager
@@ -33,10 +36,16 @@ async def open_services(settings: Settings, *, write_checks: Sequence[WriteCheck
         terminology = TerminologyService(db, validation=settings.terminology_validation)
         store = FhirStore(db, write_checks=[terminology.check_codings, *write_checks],
                           observers=[terminology.observe, *observers], terminology=terminology,
-                          page_size=settings.default_page_size, max_page_size=settings.max_page_size)
+                          page_size=settings.default_page_size, max_page_size=settings.max_page_size,
+                          audit_journal=settings.data_dir / "audit-journal")
+        security = Security.build(
+            db, store, secret=lambda: server_secret(settings.secret_key, settings.data_dir),
+            issuer=f"urn:angiang-emr:{settings.database}", site=settings.facility_code or "An Giang EMR",
+            access_ttl=settings.access_token_lifetime, refresh_ttl=settings.refresh_token_lifetime)
         await store.ensure_indexes()
         await terminology.ensure_indexes()
+        await security.ensure_indexes()
         try:
-            yield Services(store, terminology)
+            yield Services(store, terminology, security)
         finally:
             await store.close()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -39,8 +41,30 @@ class Settings(BaseSettings):
     #: `reject` refuses a resource with an unknown code (400), `warn` keeps it and reports the problem,
     #: `off` does not look.
     terminology_validation: Literal["reject", "warn", "off"] = "warn"
+    #: The Ministry of Health's code of this facility (mã cơ sở khám chữa bệnh); names it in audit records.
+    facility_code: str | None = None
+    #: Seals the token signing keys at rest; every API process of a site must have the same one.
+    #: Unset: a random one is made in `data_dir/secret.key` on first start.
+    secret_key: str | None = None
+    #: How long an access token is good for (seconds or ISO 8601): short, since a refresh is cheap.
+    access_token_lifetime: timedelta = timedelta(minutes=15)
+    #: How long a ward terminal stays signed in without the password (a refresh token's life): a shift.
+    refresh_token_lifetime: timedelta = timedelta(hours=12)
+    #: Origins (scheme://host[:port]) of the browser terminals allowed to call the API from another origin
+    #: (CORS), comma-separated or a JSON list. Empty: no CORS headers at all, so browsers allow same-origin only.
+    cors_origins: Annotated[list[str], NoDecode] = []
     host: str = "127.0.0.1"
     port: int = 8080
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origin_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
 
 @cache

@@ -6,6 +6,7 @@ This module is the package's one public face (as `httpx/__init__.py` is httpx's)
 (CI's import contract enforces it). What is not named here is private and may change.
 """
 
+from fhir_store.audit import AuditTrail, AuditUnavailable
 from fhir_store.bulk.exporter import Exporter, ExportRequest, ExportResult, Level
 from fhir_store.bulk.importer import BulkImporter, ImportSummary, Rejection
 from fhir_store.bulk.jobs import ExportWorker, Job, JobQueue
@@ -16,10 +17,12 @@ from fhir_store.errors import (
     Forbidden,
     InvalidRequest,
     Issue,
+    MethodNotAllowed,
     ResourceExists,
     ResourceGone,
     ResourceNotFound,
     StoreError,
+    Unauthorized,
     operation_outcome,
 )
 from fhir_store.fhir_json import dumps as dump_json
@@ -43,13 +46,14 @@ from fhir_store.terminology.sources import read as read_terminology_source
 from fhir_store.transactions import BundleProcessor
 
 __all__ = [
-    "FHIR_VERSION", "MODIFIERS", "SHIPPED_TERMINOLOGY", "BulkImporter", "BundleProcessor", "Caller",
-    "ExportRequest", "ExportResult", "ExportWorker", "Exporter", "FhirStore", "Forbidden", "HistoryCursor",
-    "HistoryPage", "ImportSummary", "Interaction", "Interceptor", "InvalidRequest", "Issue", "Job", "JobQueue",
-    "Level", "Pipeline", "Registry", "Rejection", "ResourceExists", "ResourceGone", "ResourceNotFound", "Result",
-    "SearchResult", "SourceError", "SourceReport", "StoreError", "TerminologyService", "ValidationMode", "Version",
-    "WriteCheck", "WriteContext", "WriteObserver", "WriteResult", "compartment_definitions", "dump_json", "etag",
-    "format_instant", "history_bundle", "known_resource_types", "load_json", "load_registry", "load_terminology",
-    "not_modified", "now", "operation_outcome", "page_links", "parse_if_match", "parse_instant", "r4_differences",
-    "r4_problem", "read_terminology_source", "searchset_bundle"
+    "FHIR_VERSION", "MODIFIERS", "SHIPPED_TERMINOLOGY", "AuditTrail", "AuditUnavailable", "BulkImporter",
+    "BundleProcessor", "Caller", "ExportRequest", "ExportResult", "ExportWorker", "Exporter", "FhirStore",
+    "Forbidden", "HistoryCursor", "HistoryPage", "ImportSummary", "Interaction", "Interceptor", "InvalidRequest",
+    "Issue", "Job", "JobQueue", "Level", "MethodNotAllowed", "Pipeline", "Registry", "Rejection", "ResourceExists",
+    "ResourceGone", "ResourceNotFound", "Result", "SearchResult", "SourceError", "SourceReport", "StoreError",
+    "TerminologyService", "Unauthorized", "ValidationMode", "Version", "WriteCheck", "WriteContext",
+    "WriteObserver", "WriteResult", "compartment_definitions", "dump_json", "etag", "format_instant",
+    "history_bundle", "known_resource_types", "load_json", "load_registry", "load_terminology", "not_modified",
+    "now", "operation_outcome", "page_links", "parse_if_match", "parse_instant", "r4_differences", "r4_problem",
+    "read_terminology_source", "searchset_bundle"
 ]

@@ -98,7 +98,7 @@ class Entry:
                 kind, rid, vid = "vread", path[1], path[3]
         return Interaction(kind, path[0] if path else None, rid, vid, conditional=conditional,
                            query=tuple(parse_qsl(self.query, keep_blank_values=True)), headers=bundle.headers,
-                           caller=bundle.caller, bundle=bundle, entry=self.index)
+                           caller=bundle.caller, address=bundle.address, bundle=bundle, entry=self.index)
 
 
 def parse_entry(index: int, raw: Any, base: str) -> Entry:

@@ -91,6 +91,20 @@ class Forbidden(StoreError):
     status = 403
 
 
+class MethodNotAllowed(StoreError):
+    """The interaction exists, but not for this resource (AuditEvents are never changed)."""
+
+    issue_code = "not-supported"
+    status = 405
+
+
+class Unauthorized(StoreError):
+    """No credentials, or credentials that do not (or no longer) identify anyone: sign in again."""
+
+    issue_code = "login"
+    status = 401
+
+
 class VersionConflict(StoreError):
     """If-Match named a version that is no longer current: the client must re-read."""
 

@@ -12,6 +12,11 @@ also carries its text, which `dumps` writes back verbatim.
 MongoDB stores the float in the resource and the texts beside it
 (`exact_numbers` / `restore_exact_numbers`, used by `documents.py`), so the
 stored resource stays plain FHIR for anyone who queries the database.
+
+Nesting is bounded (`MAX_DEPTH`): no FHIR resource, Bundle included, comes near
+it, and the standard-library parser and everything that walks JSON afterwards
+recurse, so hostile depth must stop here, as a clear error, never as a
+RecursionError.
 """
 
 from __future__ import annotations
@@ -28,6 +33,20 @@ _SUSPECT = re.compile(rb"[:\[,]\s*(?:-0(?![0-9.eE])|-?(?:[0-9.]*[eE]|[0-9]*\.[0-
 _INT64 = range(-(2**63), 2**63)
 
 Path = list[str | int]
+
+#: Deepest nesting of arrays and objects accepted (a Bundle of Observations with components and extensions
+#: is about 12 deep; orjson's own limit is 1024, beyond what recursive code may walk).
+MAX_DEPTH = 64
+
+
+class TooDeep(orjson.JSONDecodeError):
+    """JSON nested deeper than `MAX_DEPTH` (a `JSONDecodeError`, so callers handle it as invalid JSON)."""
+
+    def __init__(self) -> None:
+        super().__init__(f"nested more than {MAX_DEPTH} levels deep (the limit is {MAX_DEPTH})", "", 0)
+
+    def __str__(self) -> str:  # no "line 1 column 1": the position says nothing here
+        return str(self.msg)
 
 
 class ExactDecimal(float):
@@ -67,15 +86,37 @@ def _refuse_constant(text: str) -> Any:
 
 
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
-    """Parse JSON (raises `orjson.JSONDecodeError`, a `ValueError`, when it is not valid)."""
-    value = orjson.loads(data)
+    """Parse JSON (raises `orjson.JSONDecodeError`, a `ValueError`, when it is not valid; `TooDeep`, one of
+    those, when it nests more than `MAX_DEPTH` levels)."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        if "depth" in str(exc):  # orjson's own limit (1024): far past ours
+            raise TooDeep() from None
+        raise
+    if depth_exceeds(value, MAX_DEPTH):
+        raise TooDeep()
     raw = data.encode() if isinstance(data, str) else bytes(data)
     if _SUSPECT.search(raw) is None:
         return value
+    # Only now the (recursive) standard-library parser: the text is known to nest at most MAX_DEPTH deep.
     try:
         return json.loads(raw, parse_float=_float, parse_int=_integer, parse_constant=_refuse_constant)
     except ValueError as exc:
         raise orjson.JSONDecodeError(str(exc), raw.decode("utf-8", "replace"), 0) from None
+
+
+def depth_exceeds(value: Any, limit: int) -> bool:
+    """Does `value` nest arrays and objects more than `limit` deep? Walked with a stack, never recursion."""
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
 
 
 def _default(value: Any) -> Any:

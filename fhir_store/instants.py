@@ -30,7 +30,6 @@ def format_instant(moment: datetime) -> str:
 def parse_instant(name: str, raw: str) -> datetime:
     """A client's instant (`_since`, `ifModifiedSince`); one without a zone is taken as UTC."""
     try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
+        return utc(datetime.fromisoformat(raw.replace("Z", "+00:00")))
+    except (ValueError, OverflowError):  # OverflowError: a moment before year 1 in UTC
         raise InvalidRequest(f"{name} must be a FHIR instant like 2025-01-31T08:00:00Z; got '{raw}'") from None
-    return utc(value)

@@ -68,7 +68,7 @@ class HistoryCursor:
         oid, _, horizon = rest.partition(".")
         try:
             return cls(_moment(millis), ObjectId(oid), _moment(horizon) if horizon else None)
-        except (ValueError, TypeError, OverflowError, InvalidId):
+        except (ValueError, TypeError, OverflowError, OSError, InvalidId):  # OSError: a time out of range
             raise InvalidRequest("_cursor is not one this server made; follow the Bundle's links") from None
 
 

@@ -26,7 +26,12 @@ def page_size(raw: str | None, default: int, maximum: int) -> int:
 
 
 def since(raw: str | None) -> datetime | None:
-    return parse_instant("_since", raw) if raw is not None else None
+    if raw is None:
+        return None
+    try:
+        return parse_instant("_since", raw)
+    except OverflowError:  # 0001-01-01T00:00:00+14:00 is before the first moment a datetime holds in UTC
+        raise InvalidRequest(f"_since is out of range; got '{raw}'") from None
 
 
 def last(params: list[tuple[str, str]], name: str) -> str | None:

@@ -23,11 +23,13 @@ from typing import Any, Protocol, TypeVar
 
 @dataclass(frozen=True)
 class Caller:
-    """Who asks: a signed-in user, a partner's or job's client; set by authentication at the edge."""
+    """Who asks: a signed-in user or a system client (a partner hospital, a job); set by authentication."""
 
-    name: str
-    roles: frozenset[str] = frozenset()
-    address: str | None = None
+    kind: str  # "user" | "client"
+    name: str  # the user name or client id
+    role: str | None = None  # a user's role
+    scope: str = ""  # the SMART scopes granted, space-separated
+    address: str | None = None  # where the request came from
 
 
 @dataclass
@@ -45,6 +47,10 @@ class Interaction:
     query: tuple[tuple[str, str], ...] = ()
     headers: Mapping[str, str] = field(default_factory=dict)
     caller: Caller | None = None
+    #: The network address the request came from (for the audit trail; a Bundle entry has its Bundle's).
+    address: str | None = None
+    #: For `search-compartment`: the compartment (`("Patient", "1")`); `resource_type` is the type searched.
+    compartment: tuple[str, str] | None = None
     #: The batch or transaction this interaction is an entry of, and its index there.
     bundle: Interaction | None = None
     entry: int | None = None
@@ -63,7 +69,7 @@ R = TypeVar("R", bound=Result)
 
 
 class Interceptor(Protocol):
-    async def __call__(self, interaction: Interaction, call_next: Callable[[Interaction], Awaitable[R]]) -> R: ...
+    async def __call__(self, interaction: Interaction, call_next: Callable[[Interaction], Awaitable[R]], /) -> R: ...
 
 
 class Pipeline:

@@ -21,9 +21,9 @@ from fhir_store.resource_types import model_class
 
 
 class VersionReader:
-    def __init__(self, db: AsyncDatabase[Document]) -> None:
-        self.resources = db["resources"]
-        self.past = db["history"]
+    def __init__(self, db: AsyncDatabase[Document], *, current: str = "resources", past: str = "history") -> None:
+        self.resources = db[current]
+        self.past = db[past]
 
     async def read(self, resource_type: str, resource_id: str, *,
                    session: AsyncClientSession | None = None) -> Version:

@@ -22,24 +22,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import jsonpatch
 from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from fhir_store import indexes, params
+from fhir_store.audit import AUDIT_EVENT, AuditTrail
 from fhir_store.documents import Document, Indexer, current_document, history_document, version_from_document
 from fhir_store.errors import (
     InvalidRequest,
     InvalidResource,
+    InvalidSearch,
     Issue,
+    MethodNotAllowed,
     MultipleMatches,
     ResourceExists,
     ResourceGone,
@@ -58,7 +64,7 @@ from fhir_store.reads import VersionReader, check_type
 from fhir_store.references import localise
 from fhir_store.resource_types import resource_types
 from fhir_store.search.engine import SearchEngine, SearchRequest, SearchResult, parse_request
-from fhir_store.search.indexing import indexer
+from fhir_store.search.indexing import indexer, patient_references
 from fhir_store.search.query import Terminology
 from fhir_store.search.registry import Registry, load_registry
 from fhir_store.validation import nfc_resource, validate_resource
@@ -90,6 +96,21 @@ def _content(resource: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
+def _patch_problem(exc: Exception) -> str:
+    """The patch library's message, in the client's terms (no Python type names)."""
+    if isinstance(exc, jsonpatch.JsonPatchTestFailed):
+        return "a 'test' operation found a different value"
+    if isinstance(exc, KeyError | AttributeError | TypeError):
+        return "an operation lacks 'op', 'path' or 'value', or is not an object"
+    return re.sub(r"<class '(?:\w+\.)*(\w+)'>", r"\1", str(exc))
+
+
+def _not_audit(resource_type: object) -> None:
+    if resource_type == AUDIT_EVENT:
+        raise MethodNotAllowed("AuditEvents are written by this server's audit trail alone, and never changed or "
+                               "deleted")
+
+
 def _same_content(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
     """Equal apart from server-owned meta; 1.5 == 1.50 as numbers, so the written decimals must match too."""
     content_a, content_b = _content(a), _content(b)
@@ -110,7 +131,8 @@ class FhirStore:
 
     def __init__(self, db: AsyncDatabase[Document], *, registry: Registry | None = None,
                  write_checks: Sequence[WriteCheck] = (), observers: Sequence[WriteObserver] = (),
-                 terminology: Terminology | None = None, page_size: int = 50, max_page_size: int = 1000) -> None:
+                 terminology: Terminology | None = None, page_size: int = 50, max_page_size: int = 1000,
+                 audit_journal: Path | None = None) -> None:
         self.db = db
         self.resources = db["resources"]
         self.history_versions = db["history"]
@@ -123,6 +145,9 @@ class FhirStore:
         self._write_checks = tuple(write_checks)
         self._observers = tuple(observers)
         self._horizon = WriteHorizon(db)
+        #: AuditEvents: their own collection, append-only (see `audit.py`).
+        self.audit_trail = AuditTrail(db["audit"], lambda: self._indexer, journal=audit_journal)
+        self._audit_reader = VersionReader(db, current="audit", past="audit")
 
     @property
     def registry(self) -> Registry:
@@ -138,7 +163,18 @@ class FhirStore:
 
     @cached_property
     def _engine(self) -> SearchEngine:
-        return SearchEngine(self.registry, self.resources, self._terminology)
+        return SearchEngine(self.registry, self.resources, self._terminology, self._collection_of)
+
+    @cached_property
+    def _audit_engine(self) -> SearchEngine:
+        return SearchEngine(self.registry, self.audit_trail.collection, self._terminology, self._collection_of)
+
+    def _collection_of(self, resource_type: str) -> AsyncCollection[Document]:
+        return self.audit_trail.collection if resource_type == AUDIT_EVENT else self.resources
+
+    def patients_of(self, resource: dict[str, Any]) -> list[str]:
+        """The patients ("Patient/1") whose compartment `resource` is in: whose record it is part of."""
+        return patient_references(self.registry, resource)
 
     def writing(self) -> AbstractAsyncContextManager[None]:
         """Hold the write horizon from now until the block ends: around a multi-write unit (a transaction),
@@ -151,13 +187,16 @@ class FhirStore:
         return await self._horizon.passed(moment, timeout=timeout.total_seconds())
 
     async def close(self) -> None:
-        """Stop holding other processes' change feeds back (a stopped server, a finished command)."""
+        """Stop holding other processes' change feeds back (a stopped server, a finished command), and ship
+        the audit journal."""
         await self._horizon.close()
+        await self.audit_trail.close()
 
     async def ensure_indexes(self) -> None:
         """Create the indexes the store relies on; cheap when they already exist."""
         await self.resources.create_indexes(indexes.RESOURCES)
         await self.history_versions.create_indexes(indexes.HISTORY)
+        await self.audit_trail.ensure_indexes()
 
     # ---- search ------------------------------------------------------------------------
 
@@ -176,6 +215,11 @@ class FhirStore:
             check_type(rtype)
         request = parse_request(self.registry, types, pairs, strict=strict, default_count=self.page_size,
                                 max_count=self.max_page_size, local_base=base)
+        if AUDIT_EVENT in types:
+            if types != [AUDIT_EVENT]:
+                raise InvalidSearch("AuditEvent is searched on its own, not with other types")
+            await self.audit_trail.flush()  # what this process recorded is searchable at once
+            return await self._audit_engine.search(request, compartment=compartment, session=session)
         return await self._engine.search(request, compartment=compartment, session=session)
 
     async def explain(self, resource_type: str, query: Sequence[tuple[str, str]]) -> dict[str, Any]:
@@ -220,11 +264,14 @@ class FhirStore:
 
     async def read(self, resource_type: str, resource_id: str, *, session: AsyncClientSession | None = None) -> Version:
         """The current version; ResourceGone if the latest version is a deletion."""
-        return await self._reader.read(resource_type, resource_id, session=session)
+        return await self._reader_of(resource_type).read(resource_type, resource_id, session=session)
 
     async def vread(self, resource_type: str, resource_id: str, version_id: int,
                     *, session: AsyncClientSession | None = None) -> Version:
-        return await self._reader.vread(resource_type, resource_id, version_id, session=session)
+        return await self._reader_of(resource_type).vread(resource_type, resource_id, version_id, session=session)
+
+    def _reader_of(self, resource_type: str) -> VersionReader:
+        return self._audit_reader if resource_type == AUDIT_EVENT else self._reader
 
     def iter_current(self, resource_type: str | None = None) -> AsyncIterator[Version]:
         """Every current, non-deleted resource (used by exports and tests)."""
@@ -318,10 +365,12 @@ class FhirStore:
         """Apply a JSON Patch (RFC 6902) to the current version and validate the result."""
         check_type(resource_type)
         check_id(resource_id)
+        _not_audit(resource_type)
         try:
             patch = jsonpatch.JsonPatch(operations)
-        except (jsonpatch.JsonPatchException, TypeError, KeyError, AttributeError) as exc:
-            raise InvalidRequest(f"The JSON Patch document is malformed: {exc}") from None
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError,
+                AttributeError) as exc:
+            raise InvalidRequest(f"The JSON Patch document is malformed: {_patch_problem(exc)}") from None
         if not isinstance(operations, list):
             raise InvalidRequest("A JSON Patch document must be a JSON array of operations")
 
@@ -333,7 +382,7 @@ class FhirStore:
             try:
                 result = patch.apply(copy.deepcopy(current.resource))
             except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError) as exc:
-                raise InvalidRequest(f"The JSON Patch cannot be applied: {exc}") from None
+                raise InvalidRequest(f"The JSON Patch cannot be applied: {_patch_problem(exc)}") from None
             if not isinstance(result, dict) or result.get("resourceType") != resource_type \
                     or result.get("id") != resource_id:
                 raise InvalidRequest("A patch may not change the resource's type or id")
@@ -346,6 +395,7 @@ class FhirStore:
                      session: AsyncClientSession | None = None, caller: Caller | None = None) -> WriteResult | None:
         """Record a deletion as a new version. None when there was nothing to delete."""
         check_type(resource_type)
+        _not_audit(resource_type)
         check_id(resource_id)
         ctx = self._context(session, caller)
         for _ in range(_MAX_ATTEMPTS):
@@ -363,6 +413,7 @@ class FhirStore:
 
     async def conditional_delete(self, resource_type: str, criteria: str, *, session: AsyncClientSession | None = None,
                                  caller: Caller | None = None) -> WriteResult | None:
+        _not_audit(resource_type)
         matches = await self.find(resource_type, criteria, session=session)
         if len(matches) > 1:
             raise MultipleMatches(f"The criteria '{criteria}' match more than one {resource_type}")
@@ -376,6 +427,8 @@ class FhirStore:
                       query: Sequence[tuple[str, str]] = (), *,
                       session: AsyncClientSession | None = None) -> HistoryPage:
         """Versions newest first, as a client asks (`_since`, `_count`, and the `_cursor` of a next link)."""
+        if resource_type == AUDIT_EVENT:
+            raise MethodNotAllowed("AuditEvents have no history: each is written once; search them instead")
         pairs = list(query)
         raw_cursor = params.last(pairs, "_cursor")
         before = HistoryCursor.decode(raw_cursor) if raw_cursor is not None else None
@@ -417,6 +470,8 @@ class FhirStore:
     @staticmethod
     def _valid(resource: Any, resource_type: str | None, base: str | None) -> dict[str, Any]:
         """A valid resource, NFC, its references to this server (`base`, the request's) made relative."""
+        if isinstance(resource, dict):
+            _not_audit(resource_type or resource.get("resourceType"))
         return localise(validate_resource(resource, expected_type=resource_type), base)
 
     def _context(self, session: AsyncClientSession | None, caller: Caller | None) -> WriteContext:

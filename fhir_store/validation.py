@@ -9,20 +9,41 @@ validated model and checks each `code` element against the value set the spec
 binds it to, expanded from the spec package into `spec/required_bindings.json`
 (see `scripts/build_spec_tables.py`). Every problem is reported with its
 FHIRPath-style element path.
+
+Before either, a cheap walk (a stack, never recursion) checks the JSON's shape:
+every key must be a FHIR element name, so no key that starts with `$` or holds
+a `.` (MongoDB would read them as operators and paths) ever reaches the
+database, however deep it hides; nesting is bounded (`MAX_DEPTH`), and so is
+each array (`MAX_ARRAY_ITEMS`), so a hostile body is refused at once rather
+than after seconds of model validation. Last, the resource must fit a MongoDB
+document with room for its search index (`MAX_RESOURCE_BYTES`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import bson
 from pydantic import BaseModel, ValidationError
 
-from fhir_store.errors import InvalidResource, Issue, UnknownResourceType
+from fhir_store.errors import InvalidResource, Issue, PayloadTooLarge, UnknownResourceType
+from fhir_store.fhir_json import MAX_DEPTH, exact_numbers
 from fhir_store.resource_types import model_class
 from fhir_store.text import nfc
+
+#: Most items one array of a resource may hold: a Patient with 100,000 names is refused at once, while
+#: the ICD-10 CodeSystem (12,542 concepts) and a commune list load.
+MAX_ARRAY_ITEMS = 50_000
+#: Largest resource kept, as BSON: MongoDB holds at most 16 MiB per document, the search index included.
+MAX_RESOURCE_BYTES = 12 * 1024 * 1024
+#: A FHIR JSON key: an element name, or `_name` for a primitive's id and extensions.
+_ELEMENT_NAME = re.compile(r"_?[A-Za-z][A-Za-z0-9]{0,127}")
+#: Shape problems reported at most (one hostile body could otherwise fill the answer with them).
+_MAX_SHAPE_ISSUES = 20
 
 # Per model class: (attribute name, JSON name, allowed codes or None) of each element field.
 _FieldPlan = tuple[tuple[str, str, frozenset[str] | None], ...]
@@ -52,6 +73,7 @@ def validate_resource(data: Any, *, expected_type: str | None = None) -> dict[st
     cls = model_class(resource_type)
     if cls is None:
         raise UnknownResourceType(f"Unknown resource type '{resource_type}'")
+    check_shape(data, resource_type)
     resource = nfc_resource(data)
     try:
         model = cls.model_validate(resource)
@@ -62,7 +84,82 @@ def validate_resource(data: Any, *, expected_type: str | None = None) -> dict[st
     _check_required_codes(model, resource_type, issues)
     if issues:
         raise InvalidResource(f"{resource_type} failed validation: {issues[0].diagnostics}", issues)
+    _check_size(resource, resource_type)
     return resource
+
+
+# A node of the shape walk: (value, depth, parent node or None, the key or index leading here).
+_Node = tuple[Any, int, Any, str | int | None]
+
+
+def check_shape(data: dict[str, Any], resource_type: str) -> None:
+    """Refuse keys that are not FHIR element names (`$set`, `a.b`, `__proto__`), nesting deeper than
+    `MAX_DEPTH` and arrays longer than `MAX_ARRAY_ITEMS`, each with its element path."""
+    issues: list[Issue] = []
+    too_large: list[Issue] = []
+    stack: list[_Node] = [(data, 1, None, None)]
+    while stack and len(issues) + len(too_large) < _MAX_SHAPE_ISSUES:
+        node = stack.pop()
+        value, depth = node[0], node[1]
+        if depth > MAX_DEPTH:
+            path = _node_path(resource_type, node)
+            issues.append(Issue("structure", f"{path}: nested more than {MAX_DEPTH} levels deep (the limit is "
+                                             f"{MAX_DEPTH})", expression=(path,)))
+            continue
+        if isinstance(value, dict):
+            for key, child in value.items():
+                if not _ELEMENT_NAME.fullmatch(key):
+                    path = _node_path(resource_type, (child, depth + 1, node, key))
+                    issues.append(Issue("structure", f"{path}: '{_shown(key)}' {_why_not_a_name(key)}",
+                                        expression=(path,)))
+                elif isinstance(child, dict | list):
+                    stack.append((child, depth + 1, node, key))
+        else:
+            if len(value) > MAX_ARRAY_ITEMS:
+                path = _node_path(resource_type, node)
+                too_large.append(Issue("too-costly", f"{path} has {len(value)} items; an array may hold at most "
+                                                     f"{MAX_ARRAY_ITEMS} (the limit)", expression=(path,)))
+                continue
+            stack.extend((child, depth + 1, node, i) for i, child in enumerate(value)
+                         if isinstance(child, dict | list))
+    if too_large:
+        raise PayloadTooLarge(f"{resource_type} is too large: {too_large[0].diagnostics}", too_large + issues)
+    if issues:
+        raise InvalidResource(f"{resource_type} failed validation: {issues[0].diagnostics}", issues)
+
+
+def _why_not_a_name(key: str) -> str:
+    if key.startswith("$"):
+        return "is not a FHIR element name: keys never start with '$'"
+    if "." in key:
+        return "is not a FHIR element name: keys never contain '.'"
+    return "is not a FHIR element name"
+
+
+def _shown(key: str) -> str:
+    return key if len(key) <= 64 else key[:64] + "…"
+
+
+def _node_path(resource_type: str, node: _Node) -> str:
+    steps: list[str | int] = []
+    while node[2] is not None:
+        steps.append(node[3])  # type: ignore[arg-type]
+        node = node[2]
+    out = resource_type
+    for step in reversed(steps):
+        out += f"[{step}]" if isinstance(step, int) else f".{_shown(step)}"
+    return out
+
+
+def _check_size(resource: dict[str, Any], resource_type: str) -> None:
+    try:
+        size = len(bson.encode({"res": resource, "num": exact_numbers(resource)}))  # as `documents.py` keeps it
+    except (bson.errors.InvalidDocument, OverflowError):
+        raise InvalidResource(f"{resource_type} holds a value the database cannot keep") from None
+    if size > MAX_RESOURCE_BYTES:
+        raise PayloadTooLarge(f"{resource_type} is {size:,} bytes as stored; a resource may be at most "
+                              f"{MAX_RESOURCE_BYTES:,} bytes (the limit), which leaves room for its search index "
+                              "in a MongoDB document")
 
 
 def nfc_json(value: Any) -> Any:

@@ -1,7 +1,7 @@
 """The layer rules of docs/architecture.md, checked with import-linter (CI runs this).
 
-Data flows one way: HTTP and CLI (`emr`) → the rooms built on the store (`referral`,
-`printing`, `imaging`) → the store's public face (`fhir_store`) → its private modules →
+Data flows one way: HTTP and CLI (`emr`) → the rooms built on the store (`security`,
+`referral`, `printing`, `imaging`) → the store's public face (`fhir_store`) → its private modules →
 MongoDB. The rules are written for every room, built or to come; a rule takes effect
 as soon as its package exists, so a new room is checked from its first commit.
 
@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 
 #: Top-level packages of the project, in layer order (later ones may not import earlier ones).
-ROOMS = ("emr", "referral", "printing", "imaging", "fhir_store")
+ROOMS = ("emr", "security", "referral", "printing", "imaging", "fhir_store")
 #: Packages built on the store, which must not reach back into the application.
-BUILT_ON_STORE = ("referral", "printing", "imaging")
+BUILT_ON_STORE = ("security", "referral", "printing", "imaging")
 #: Web frameworks and servers: only `emr` serves HTTP.
 WEB = ("fastapi", "starlette", "uvicorn")
 
@@ -45,6 +45,10 @@ def rules(present: set[str]) -> list[dict[str, object]]:
             continue
         contracts.append({"name": f"{room} does not import the application (emr) or a web framework",
                           "type": "forbidden", "source_modules": [room], "forbidden_modules": ["emr", *WEB]})
+        if "emr" in present:
+            contracts.append({
+                "name": f"emr uses {room}'s public face only", "type": "forbidden", "source_modules": ["emr"],
+                "forbidden_modules": [f"{room}.*", f"{room}.**"], "allow_indirect_imports": "true"})
         for other in BUILT_ON_STORE:
             if other != room and other in present:
                 contracts.append({

@@ -1,16 +1,25 @@
 """Test fixtures: a real MongoDB-wire server (embedded SecantusDB) and a real HTTP server.
 
 Nothing is mocked: the store talks to the database over a socket, and API tests
-send HTTP to uvicorn serving the application on a loopback port.
+send HTTP to uvicorn serving the application on a loopback port. Every API test runs
+signed in: `LiveServer.client()` is an it-admin's by default (a real user, created in the
+server's database, signed in through the token endpoint); `client(role=...)` signs in
+with another role, `client(role=None)` sends no token.
 """
 
 from __future__ import annotations
 
+import asyncio
+import secrets
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -20,7 +29,9 @@ from emr.app import create_app
 from emr.embedded_db import ensure_embedded
 from emr.settings import Settings
 from fhir_store import Interceptor, WriteCheck
+from security import Accounts
 
+T = TypeVar("T")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -41,6 +52,7 @@ class LiveServer:
         config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self._tokens: dict[str, str] = {}
 
     def __enter__(self) -> LiveServer:
         self.thread.start()
@@ -57,12 +69,55 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(timeout=30)
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=f"{self.url}/fhir", timeout=60)
+    def add_user(self, role: str, username: str | None = None, password: str | None = None) -> tuple[str, str]:
+        """A user of this server's database (name and password), made as `emr users add` makes one."""
+        username = username or f"{role}-{uuid.uuid4().hex[:8]}"
+        password = password or secrets.token_urlsafe(16)
+
+        async def add() -> None:
+            from pymongo import AsyncMongoClient
+
+            client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(self.settings.mongodb_uri, tz_aware=True)
+            try:
+                await Accounts(client[self.settings.database]).add_user(username, role, password)
+            finally:
+                await client.close()
+
+        run_async(add)
+        return username, password
+
+    def token_for(self, username: str, password: str, scope: str | None = None) -> dict[str, Any]:
+        form = {"grant_type": "password", "username": username, "password": password}
+        if scope:
+            form["scope"] = scope
+        answer = httpx.post(f"{self.url}/auth/token", data=form, timeout=60)
+        assert answer.status_code == 200, answer.text
+        body: dict[str, Any] = answer.json()
+        return body
+
+    def sign_in(self, role: str = "it-admin") -> str:
+        """An access token of a (new, cached) user with `role`."""
+        if role not in self._tokens:
+            self._tokens[role] = self.token_for(*self.add_user(role))["access_token"]
+        return self._tokens[role]
+
+    def client(self, role: str | None = "it-admin", *, token: str | None = None) -> httpx.Client:
+        token = token or (self.sign_in(role) if role else None)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=f"{self.url}/fhir", timeout=60, headers=headers)
+
+
+def run_async(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to the end from sync code, even under a running event loop (async tests)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
 
 
 def make_settings(mongo_uri: str, **overrides: object) -> Settings:
-    values: dict[str, object] = {"mongodb_uri": mongo_uri, "database": f"test_{uuid.uuid4().hex[:12]}"}
+    values: dict[str, object] = {"mongodb_uri": mongo_uri, "database": f"test_{uuid.uuid4().hex[:12]}",
+                                 "secret_key": "test-secret-not-for-production",
+                                 "data_dir": Path(tempfile.mkdtemp(prefix="emr-test-")),
+                                 "access_token_lifetime": timedelta(hours=3)}
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 

@@ -23,6 +23,12 @@ FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
 
 @pytest.fixture(scope="module")
+def bearer(module_server: LiveServer) -> str:
+    """The clients sign in as a ward terminal would: a clinician's access token."""
+    return f"Bearer {module_server.sign_in('clinician')}"
+
+
+@pytest.fixture(scope="module")
 def chart(module_server: LiveServer) -> Iterator[tuple[str, str, list[str]]]:
     """A patient with OBSERVATIONS observations: (base URL, patient id, observation ids)."""
     tag = uuid.uuid4().hex[:8]
@@ -45,16 +51,17 @@ def chart(module_server: LiveServer) -> Iterator[tuple[str, str, list[str]]]:
     yield f"{module_server.url}/fhir", pid, ids
 
 
-def test_count_zero_answers_the_total_and_no_entries(chart: tuple[str, str, list[str]]) -> None:
+def test_count_zero_answers_the_total_and_no_entries(chart: tuple[str, str, list[str]], bearer: str) -> None:
     base, pid, _ = chart
-    bundle = httpx.get(f"{base}/Observation", params={"subject": f"Patient/{pid}", "_count": "0"}).json()
+    bundle = httpx.get(f"{base}/Observation", params={"subject": f"Patient/{pid}", "_count": "0"},
+                       headers={"Authorization": bearer}).json()
     assert bundle["total"] == OBSERVATIONS
     assert "entry" not in bundle
 
 
-def test_fhirpy_sync_counts_fetches_all_and_pages(chart: tuple[str, str, list[str]]) -> None:
+def test_fhirpy_sync_counts_fetches_all_and_pages(chart: tuple[str, str, list[str]], bearer: str) -> None:
     base, pid, ids = chart
-    fhir = SyncFHIRClient(base)
+    fhir = SyncFHIRClient(base, authorization=bearer)
     observations = fhir.resources("Observation").search(subject=f"Patient/{pid}")
     assert observations.count() == OBSERVATIONS
     every = observations.limit(3).fetch_all()  # three pages of at most 3, by the next links
@@ -66,9 +73,9 @@ def test_fhirpy_sync_counts_fetches_all_and_pages(chart: tuple[str, str, list[st
 
 
 @pytest.mark.anyio
-async def test_fhirpy_async_counts_and_fetches_all(chart: tuple[str, str, list[str]]) -> None:
+async def test_fhirpy_async_counts_and_fetches_all(chart: tuple[str, str, list[str]], bearer: str) -> None:
     base, pid, ids = chart
-    fhir = AsyncFHIRClient(base)
+    fhir = AsyncFHIRClient(base, authorization=bearer)
     observations = fhir.resources("Observation").search(subject=f"Patient/{pid}")
     assert await observations.count() == OBSERVATIONS
     every = await observations.limit(2).fetch_all()
@@ -77,9 +84,10 @@ async def test_fhirpy_async_counts_and_fetches_all(chart: tuple[str, str, list[s
     assert sorted(found) == sorted(ids)
 
 
-def test_fhirclient_reads_and_searches(chart: tuple[str, str, list[str]]) -> None:
+def test_fhirclient_reads_and_searches(chart: tuple[str, str, list[str]], bearer: str) -> None:
     base, pid, ids = chart
     smart = smart_client.FHIRClient(settings={"app_id": "an-giang-emr-test", "api_base": base})
+    smart.server.session.headers["Authorization"] = bearer
     patient = SmartPatient.read(pid, smart.server)
     assert patient.name[0].family == "Lê" and patient.birthDate.isostring == "1990-04-12"
     search = SmartObservation.where(struct={"subject": f"Patient/{pid}", "_count": "3"})

@@ -82,7 +82,7 @@ def test_concurrent_conditional_creates_make_one_resource(fhir: httpx.Client) ->
     lock = threading.Lock()
 
     def terminal() -> None:
-        with httpx.Client(base_url=str(fhir.base_url), timeout=60) as client:
+        with httpx.Client(base_url=str(fhir.base_url), timeout=60, headers=fhir.headers) as client:
             barrier.wait()
             r = client.post("/Patient", json=patient(number),
                             headers={**JSON, "If-None-Exist": f"identifier={CCCD}|{number}"})

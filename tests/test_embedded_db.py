@@ -39,6 +39,19 @@ def start_serve(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("emr serve did not answer in time")
 
 
+def sign_in(data_dir: Path, port: int) -> dict[str, str]:
+    """What the README's first steps do: make an it-admin with `emr users add`, then sign in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMR_")}
+    env["EMR_DATA_DIR"] = str(data_dir)
+    password = "một câu mật khẩu dài"
+    subprocess.run([sys.executable, "-m", "emr.cli", "users", "add", "admin", "--role", "it-admin"], env=env,
+                   input=f"{password}\n", text=True, check=True, capture_output=True, timeout=120)
+    token = httpx.post(f"http://127.0.0.1:{port}/auth/token",
+                       data={"grant_type": "password", "username": "admin", "password": password})
+    assert token.status_code == 200, token.text
+    return {"Authorization": f"Bearer {token.json()['access_token']}"}
+
+
 def stop_serve(process: subprocess.Popen[bytes]) -> None:
     process.send_signal(signal.SIGINT)
     process.wait(timeout=60)
@@ -49,9 +62,10 @@ def test_serve_keeps_data_across_restarts_and_shares_the_database(tmp_path: Path
     port = free_port()
     serve = start_serve(data_dir, port)
     try:
+        auth = sign_in(data_dir, port)
         body = {"resourceType": "Patient", "name": [{"family": "Trần", "given": ["Văn", "Bình"]}]}
         created = httpx.post(f"http://127.0.0.1:{port}/fhir/Patient", json=body,
-                             headers={"Content-Type": "application/fhir+json"}).json()
+                             headers={"Content-Type": "application/fhir+json", **auth}).json()
         # Another process (as `emr import` or `emr backup` will be) reaches the same running database.
         other = ensure_embedded(data_dir)
         assert not other.owned
@@ -67,7 +81,8 @@ def test_serve_keeps_data_across_restarts_and_shares_the_database(tmp_path: Path
 
     serve = start_serve(data_dir, port)
     try:
-        again = httpx.get(f"http://127.0.0.1:{port}/fhir/Patient/{created['id']}")
+        # the token outlives the restart: the signing key and the secret that seals it are kept
+        again = httpx.get(f"http://127.0.0.1:{port}/fhir/Patient/{created['id']}", headers=auth)
         assert again.status_code == 200
         assert again.json() == created
     finally:

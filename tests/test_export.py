@@ -166,7 +166,7 @@ def test_system_export_is_the_whole_database(fhir: httpx.Client, db: Any, patien
     manifest = wait_manifest(fhir, status_url)
     exported = download(fhir, manifest)
     assert manifest["request"] == f"{fhir.base_url}/$export".replace("//$", "/$")
-    assert manifest["requiresAccessToken"] is False and manifest["error"] == []
+    assert manifest["requiresAccessToken"] is True and manifest["error"] == []  # the files are patient data
     assert datetime.fromisoformat(manifest["transactionTime"].replace("Z", "+00:00")) <= datetime.now(UTC)
     assert exported == current(db)
     for prefix in patients:  # every record of the source files, by id and content

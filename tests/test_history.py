@@ -93,7 +93,7 @@ def test_concurrent_writers_leave_complete_history(fhir: httpx.Client, live_serv
     errors: list[str] = []
 
     def writer(n: int) -> None:
-        with httpx.Client(base_url=str(fhir.base_url), timeout=60) as client:
+        with httpx.Client(base_url=str(fhir.base_url), timeout=60, headers=fhir.headers) as client:
             r = client.put(f"/Basic/{rid}", json={"resourceType": "Basic", "id": rid, "code": {"text": str(n)}},
                            headers=JSON)
             if r.status_code != 200:

@@ -116,7 +116,7 @@ def test_paging_while_terminals_write(fhir: httpx.Client, data: dict[str, list[d
     stop = threading.Event()
 
     def terminal() -> None:
-        with httpx.Client(base_url=str(fhir.base_url), timeout=60) as client:
+        with httpx.Client(base_url=str(fhir.base_url), timeout=60, headers=fhir.headers) as client:
             n = 0
             while not stop.is_set() and n < 200:
                 n += 1

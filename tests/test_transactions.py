@@ -177,7 +177,7 @@ def test_concurrent_transactions_create_one_patient(fhir: httpx.Client) -> None:
                       post(patient(number), p_url, if_none_exist=f"identifier={CCCD}|{number}"),
                       post({"resourceType": "Encounter", "status": "arrived", "class": {"code": "AMB"},
                             "subject": {"reference": p_url}}))
-        with httpx.Client(base_url=str(fhir.base_url), timeout=120) as client:
+        with httpx.Client(base_url=str(fhir.base_url), timeout=120, headers=fhir.headers) as client:
             barrier.wait()
             r = send(client, body)
             with lock:
@@ -206,7 +206,7 @@ def test_concurrent_conflicting_updates_one_wins(fhir: httpx.Client) -> None:
                       post({"resourceType": "Basic", "code": {"text": tag}}),
                       {"resource": {**existing, "gender": gender},
                        "request": {"method": "PUT", "url": f"Patient/{existing['id']}", "ifMatch": 'W/"1"'}})
-        with httpx.Client(base_url=str(fhir.base_url), timeout=120) as client:
+        with httpx.Client(base_url=str(fhir.base_url), timeout=120, headers=fhir.headers) as client:
             barrier.wait()
             statuses.append(send(client, body).status_code)
 

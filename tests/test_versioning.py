@@ -35,7 +35,7 @@ def test_concurrent_if_match_exactly_one_wins(fhir: httpx.Client) -> None:
     lock = threading.Lock()
 
     def terminal(n: int) -> None:
-        with httpx.Client(base_url=str(fhir.base_url), timeout=60) as client:
+        with httpx.Client(base_url=str(fhir.base_url), timeout=60, headers=fhir.headers) as client:
             body = {**created, "name": [{"text": f"terminal {n}"}]}
             barrier.wait()
             r = client.put(f"/Patient/{rid}", json=body, headers={**JSON, "If-Match": 'W/"1"'})

@@ -138,7 +138,7 @@ async def _kick_off(call: Call, level: Level) -> Response:
     base = call.base
     kick_off_url = base + request.url.path.removeprefix("/fhir") + (f"?{request.url.query}" if request.url.query
                                                                       else "")
-    job = await worker.queue.submit(export, kick_off_url)
+    job = await worker.queue.submit(export, kick_off_url, requested_by=_requester(call))
     worker.wake()
     status_url = f"{base}/$export-poll-status?_jobId={job.id}"
     message = f"Export accepted as of {format_instant(job.transaction_time)}; poll {status_url}"
@@ -161,7 +161,7 @@ async def export_status(call: Call) -> Response:
     manifest = {
         "transactionTime": format_instant(job.transaction_time),
         "request": job.request_url,
-        "requiresAccessToken": False,
+        "requiresAccessToken": True,
         "output": [{"type": o["type"], "url": f"{base}/$export-file/{job.id}/{o['file']}", "count": o["count"]}
                    for o in job.output],
         "error": [],
@@ -176,7 +176,7 @@ async def export_status(call: Call) -> Response:
 @operation(router, "DELETE", "/$export-poll-status", "export-poll-status", advertise=False)
 async def export_cancel(call: Call) -> Response:
     """Cancel an export: stop it if it runs, and delete the job and its files."""
-    job_id = _job_id(call)
+    job_id = (await _job(call)).id
     worker = call.services.export_worker
     if not await worker.cancel(job_id):
         raise ApiError(404, f"There is no export job '{job_id}'", "not-found")
@@ -192,8 +192,8 @@ async def export_file(call: Call) -> Response:
     if not _JOB_ID.fullmatch(job_id) or not _FILE_NAME.fullmatch(file_name):
         raise missing
     worker = call.services.export_worker
-    job = await worker.queue.get(job_id)
-    if job is None or job.status != "complete" or file_name not in {o["file"] for o in job.output}:
+    job = await _job(call, job_id)
+    if job.status != "complete" or file_name not in {o["file"] for o in job.output}:
         raise missing
     path = worker.job_dir(job_id) / file_name
     if not path.is_file():
@@ -210,10 +210,16 @@ def _job_id(call: Call) -> str:
     return job_id
 
 
-async def _job(call: Call) -> Job:
-    job_id = _job_id(call)
+def _requester(call: Call) -> str | None:
+    caller = call.it.caller
+    return f"{caller.kind}/{caller.name}" if caller is not None else None
+
+
+async def _job(call: Call, job_id: str | None = None) -> Job:
+    """The caller's own export job: someone else's is answered as unknown, not as forbidden."""
+    job_id = job_id or _job_id(call)
     job = await call.services.export_worker.queue.get(job_id)
-    if job is None:
+    if job is None or job.requested_by not in (None, _requester(call)):
         raise ApiError(404, f"There is no export job '{job_id}'", "not-found")
     return job
 

@@ -11,6 +11,7 @@ from functools import cache
 from typing import Any
 
 import emr
+from emr.api.auth import REVOKE_PATH, TOKEN_PATH
 from emr.api.routing import CAPABILITIES
 from emr.api.versions import DEFAULT, RELEASES
 from fhir_store import MODIFIERS, Registry, format_instant, now, r4_differences
@@ -29,6 +30,10 @@ OPERATION_DEFINITIONS = {
     ("validate-code", "ValueSet"): "http://hl7.org/fhir/OperationDefinition/ValueSet-validate-code",
     ("translate", "ConceptMap"): "http://hl7.org/fhir/OperationDefinition/ConceptMap-translate",
 }
+
+
+#: The audit trail is read and searched, never written or changed through the API.
+_AUDIT_INTERACTIONS = ("read", "vread", "search-type")
 
 
 def _operations(level: str) -> list[dict[str, str]]:
@@ -50,9 +55,10 @@ def _resource_entries(reg: Registry) -> tuple[dict[str, Any], ...]:
     entries = []
     for name in resource_types():
         params = sorted(reg.params(name).values(), key=lambda p: p.code)
+        codes = [c for c in type_codes if c in _AUDIT_INTERACTIONS] if name == "AuditEvent" else type_codes
         entry: dict[str, Any] = {
             "type": name,
-            "interaction": [{"code": code} for code in type_codes],
+            "interaction": [{"code": code} for code in codes],
             "versioning": "versioned-update",
             "readHistory": "vread" in type_codes,
             "updateCreate": "update" in type_codes,
@@ -79,6 +85,20 @@ def _search_param(code: str, url: str, ptype: str) -> dict[str, Any]:
             "documentation": f"Modifiers: {modifiers or 'none'}{chain}"}
 
 
+def _security(base: str) -> dict[str, Any]:
+    """SMART on FHIR: where the token and revocation endpoints are (the oauth-uris extension)."""
+    origin = base.rstrip("/").removesuffix("/fhir")
+    return {
+        "extension": [{"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                       "extension": [{"url": "token", "valueUri": f"{origin}{TOKEN_PATH}"},
+                                     {"url": "revoke", "valueUri": f"{origin}{REVOKE_PATH}"}]}],
+        "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                 "code": "SMART-on-FHIR"}]}],
+        "description": "OAuth 2.0 bearer tokens (SMART on FHIR v2 scopes); every access is recorded as an "
+                       "AuditEvent. See /fhir/.well-known/smart-configuration.",
+    }
+
+
 def capability_statement(base: str, registry: Registry, release: str = DEFAULT) -> dict[str, Any]:
     """What this server does, in the FHIR version asked for (R4 leaves out the types that differ from R4B)."""
     left_out = r4_differences() if release != DEFAULT else {}
@@ -96,6 +116,7 @@ def capability_statement(base: str, registry: Registry, release: str = DEFAULT) 
         "patchFormat": ["application/json-patch+json"],
         "rest": [{
             "mode": "server",
+            "security": _security(base),
             "resource": [e for e in _resource_entries(registry) if e["type"] not in left_out],
             "interaction": [{"code": code} for code in system_codes],
             "operation": _operations("system"),

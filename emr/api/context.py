@@ -16,6 +16,7 @@ from emr.api import versions
 from emr.api.formats import is_pretty, read_json
 from emr.settings import Settings
 from fhir_store import BundleProcessor, ExportWorker, FhirStore, Interaction, Pipeline, TerminologyService
+from security import Security
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class ApiServices:
     terminology: TerminologyService
     bundles: BundleProcessor
     export_worker: ExportWorker
+    security: Security
 
 
 def services_of(request: Request) -> ApiServices:

@@ -28,8 +28,9 @@ def check_acceptable(request: Request) -> None:
         return
     if any(w in _XML for w in wanted):
         raise ApiError(406, "XML is not supported yet; ask for application/fhir+json", "not-supported")
-    raise ApiError(406, f"Cannot answer in {', '.join(wanted)}; this server speaks application/fhir+json",
-                   "not-supported")
+    shown = ", ".join(wanted)
+    shown = shown if len(shown) <= 100 else shown[:100] + "…"
+    raise ApiError(406, f"Cannot answer in {shown}; this server speaks application/fhir+json", "not-supported")
 
 
 def is_pretty(request: Request) -> bool:
@@ -49,7 +50,7 @@ async def read_json(request: Request, max_bytes: int, *, patch: bool = False) ->
         raise ApiError(415, f"Unsupported Content-Type '{content_type}'; send application/fhir+json",
                        "not-supported")
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
         raise ApiError(413, f"The body is {declared} bytes; the limit is {max_bytes}", "too-costly")
     body = bytearray()
     async for chunk in request.stream():
@@ -59,6 +60,33 @@ async def read_json(request: Request, max_bytes: int, *, patch: bool = False) ->
     if not body:
         raise ApiError(400, "The request has no body", "required")
     try:
-        return load_json(body)
+        value = load_json(body)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, f"The body is not valid JSON: {exc}", "structure") from None
+    if patch:
+        check_json_patch(value)
+    return value
+
+
+_PATCH_OPS = {"add", "remove", "replace", "move", "copy", "test"}
+
+
+def check_json_patch(document: Any) -> None:
+    """The shape RFC 6902 gives a JSON Patch document, checked before the patch library sees it."""
+    if not isinstance(document, list):
+        raise ApiError(400, "A JSON Patch document must be a JSON array of operations", "structure")
+    for i, operation in enumerate(document):
+        where = f"JSON Patch operation {i}"
+        if not isinstance(operation, dict):
+            raise ApiError(400, f"{where} is not an object", "structure")
+        op = operation.get("op")
+        if not isinstance(op, str) or op not in _PATCH_OPS:
+            raise ApiError(400, f"{where}: 'op' must be one of {', '.join(sorted(_PATCH_OPS))}", "structure")
+        pointers = ("path", "from") if op in ("move", "copy") else ("path",)
+        for member in pointers:
+            pointer = operation.get(member)
+            if not isinstance(pointer, str) or (pointer and not pointer.startswith("/")):
+                raise ApiError(400, f"{where}: '{member}' must be a JSON Pointer (empty, or starting with '/')",
+                               "structure")
+        if op in ("add", "replace", "test") and "value" not in operation:
+            raise ApiError(400, f"{where}: '{op}' needs a 'value'", "structure")

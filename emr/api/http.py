@@ -19,6 +19,8 @@ from fhir_store import Issue, Version, WriteResult, etag, not_modified, operatio
 
 #: Response header carrying the OperationOutcome of a write kept with warnings (HAPI uses the same name).
 VALIDATION_HEADER = "X-FHIR-Request-Validation"
+#: Fields a `POST _search` form may hold (a search takes far fewer; this bounds the parsing).
+_MAX_FORM_FIELDS = 1000
 
 
 def prefer(call: Call) -> dict[str, str]:
@@ -105,11 +107,22 @@ async def form_params(call: Call) -> list[tuple[str, str]]:
     content_type = call.request.headers.get("content-type", "").split(";")[0].strip()
     if content_type != "application/x-www-form-urlencoded":
         raise ApiError(415, "POST _search takes an application/x-www-form-urlencoded body", "not-supported")
-    body = await call.request.body()
-    if len(body) > call.settings.max_body_bytes:
-        raise ApiError(413, "The search form is larger than the body limit", "too-costly")
+    limit = call.settings.max_body_bytes
+    declared = call.request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"The search form is {declared} bytes; the limit is {limit}", "too-costly")
+    body = bytearray()
+    async for chunk in call.request.stream():  # counted as it comes: never more than the limit in memory
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"The search form is larger than the limit of {limit} bytes", "too-costly")
     try:
-        form = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        form = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False,
+                         max_num_fields=_MAX_FORM_FIELDS)
     except UnicodeDecodeError:
         raise ApiError(400, "The search form is not UTF-8") from None
+    except ValueError:  # more fields than max_num_fields
+        raise ApiError(400, f"The search form has more than {_MAX_FORM_FIELDS} fields (the limit)",
+                       "too-costly") from None
     return call.query + form
+

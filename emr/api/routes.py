@@ -139,7 +139,7 @@ async def history_instance(call: Call) -> Response:
     return await _history(call)
 
 
-@interaction(router, "GET", "/Patient/{resource_id}/$everything", "everything", "operation:Patient")
+@operation(router, "GET", "/Patient/{resource_id}/$everything", "everything", resource_type="Patient")
 async def patient_everything(call: Call) -> Response:
     """Patient/$everything: the patient's whole chart, paged, with `_since`, `_type` and `_count`."""
     call.it.resource_type = "Patient"
@@ -152,16 +152,14 @@ async def patient_everything(call: Call) -> Response:
              "compartment")
 async def search_compartment(call: Call) -> Response:
     """Search one compartment: `/Patient/123/Observation` is every Observation of patient 123."""
-    compartment_type = call.request.path_params["compartment_type"]
-    return await _search(call, call.query, resource_type=compartment_type,
-                         compartment=(str(call.it.resource_type), str(call.it.resource_id)))
+    return await _search(call, call.query, resource_type=call.it.resource_type, compartment=call.it.compartment)
 
 
 @interaction(router, "GET", "/{resource_type}/{resource_id}/_history/{version_id}", "vread", "instance")
 async def vread(call: Call) -> Response:
     """One version of a resource."""
     vid = str(call.it.version_id)
-    if not (vid.isascii() and vid.isdigit()):
+    if not (vid.isascii() and vid.isdigit()) or len(vid) > 18:  # past 18 digits no version is that high
         raise ApiError(404, f"Version '{vid}' does not exist: version ids are whole numbers", "not-found")
     version = await call.store.vread(str(call.it.resource_type), str(call.it.resource_id), int(vid))
     return fhir_response(version.resource, 200, http.version_headers(version), pretty=call.pretty)

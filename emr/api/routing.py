@@ -41,9 +41,13 @@ def interaction(on: APIRouter, method: str, path: str, code: str, level: str,
     def register(handler: Handler) -> Handler:
         def make(request: Request) -> Interaction:
             params = request.path_params
-            return Interaction(code, params.get("resource_type"), params.get("resource_id"),
-                               params.get("version_id"), conditional=conditional,
-                               query=tuple(request.query_params.multi_items()), headers=request.headers)
+            rtype, rid = params.get("resource_type"), params.get("resource_id")
+            compartment = None
+            if "compartment_type" in params:  # /Patient/1/Observation searches Observation in Patient/1
+                compartment, rtype, rid = (str(rtype), str(rid)), params["compartment_type"], None
+            return Interaction(code, rtype, rid, params.get("version_id"), conditional=conditional,
+                               query=tuple(request.query_params.multi_items()), headers=request.headers,
+                               address=request.client.host if request.client else None, compartment=compartment)
 
         for route_path in (path, "/") if path == "" else (path,):  # the base answers with or without "/"
             _add_route(on, method, route_path, handler, make, summary=code, include_in_schema=route_path == path)
@@ -64,7 +68,8 @@ def operation(on: APIRouter, method: str, path: str, name: str, *, resource_type
     def register(handler: Handler) -> Handler:
         def make(request: Request) -> Interaction:
             return Interaction("operation", resource_type, request.path_params.get("resource_id"), operation=name,
-                               query=tuple(request.query_params.multi_items()), headers=request.headers)
+                               query=tuple(request.query_params.multi_items()), headers=request.headers,
+                               address=request.client.host if request.client else None)
 
         _add_route(on, method, path, handler, make, summary=f"${name}", negotiate=negotiate)
         if advertise:

@@ -83,6 +83,7 @@ class Job:
     output: list[dict[str, Any]] = field(default_factory=list)  # {type, file (name), count}
     error: str | None = None
     completed: datetime | None = None  # when it finished (complete or failed)
+    requested_by: str | None = None  # the caller who kicked it off: only they see its status and files
 
     @classmethod
     def from_document(cls, doc: Document) -> Job:
@@ -91,7 +92,8 @@ class Job:
                    created=utc(doc["created"]), attempts=doc.get("attempts", 0), owner=doc.get("owner"),
                    lease_until=utc(doc["lease_until"]) if doc.get("lease_until") else None,
                    progress=dict(doc.get("progress") or {}), output=list(doc.get("output") or []),
-                   error=doc.get("error"), completed=utc(doc["completed"]) if doc.get("completed") else None)
+                   error=doc.get("error"), completed=utc(doc["completed"]) if doc.get("completed") else None,
+                   requested_by=doc.get("requested_by"))
 
 
 class JobQueue:
@@ -108,12 +110,13 @@ class JobQueue:
                                                    name="status_created")])
 
     async def submit(self, request: ExportRequest, request_url: str,
-                     transaction_time: datetime | None = None) -> Job:
+                     transaction_time: datetime | None = None, *, requested_by: str | None = None) -> Job:
         """Record a new job; its transaction time is now unless given."""
         moment = now()
         doc: Document = {"_id": uuid.uuid4().hex, "kind": "export", "status": "queued",
                          "request": request.to_document(), "request_url": request_url,
-                         "transaction_time": transaction_time or moment, "created": moment, "attempts": 0}
+                         "transaction_time": transaction_time or moment, "created": moment, "attempts": 0,
+                         "requested_by": requested_by}
         await self.jobs.insert_one(doc)
         return Job.from_document(doc)
 

@@ -37,24 +37,40 @@ def parse_range(text: str) -> tuple[datetime, datetime]:
     elif m["d"] is None:
         month = int(m["m"])
         lo = datetime(year, month, 1, tzinfo=tz)
-        hi = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=tz)
+        hi = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=tz) if (year, month) < (9999, 12) else MAX
     else:
         lo = datetime(year, int(m["m"]), int(m["d"]), tzinfo=tz)
         if m["H"] is None:
-            hi = lo + timedelta(days=1)
+            hi = _later(lo, timedelta(days=1))
         else:
             lo = lo.replace(hour=int(m["H"]), minute=int(m["M"]))
             if m["S"] is None:
-                hi = lo + timedelta(minutes=1)
+                hi = _later(lo, timedelta(minutes=1))
             else:
                 lo = lo.replace(second=int(m["S"]))
                 if m["f"]:
                     digits = m["f"][1:7]
                     lo = lo.replace(microsecond=int(digits.ljust(6, "0")))
-                    hi = lo + timedelta(microseconds=10 ** (6 - min(len(digits), 6)))
+                    hi = _later(lo, timedelta(microseconds=10 ** (6 - min(len(digits), 6))))
                 else:
-                    hi = lo + timedelta(seconds=1)
-    return lo.astimezone(UTC), hi.astimezone(UTC)
+                    hi = _later(lo, timedelta(seconds=1))
+    return _utc(lo), _utc(hi)
+
+
+def _later(moment: datetime, delta: timedelta) -> datetime:
+    """`moment + delta`, or the end of year 9999 (MAX) when that is past what a datetime holds."""
+    try:
+        return moment + delta
+    except OverflowError:
+        return MAX
+
+
+def _utc(moment: datetime) -> datetime:
+    """In UTC; the first days of year 1 and the last of year 9999 stay inside the range a datetime holds."""
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        return MIN if moment.year == 1 else MAX
 
 
 def _offset(text: str) -> timezone:

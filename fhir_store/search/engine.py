@@ -9,6 +9,8 @@ the last (or, for `previous`, the first) row's sort values.
 from __future__ import annotations
 
 import base64
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -23,8 +25,9 @@ from fhir_store.documents import VERSION_FIELDS, version_from_document
 from fhir_store.errors import InvalidSearch, Issue
 from fhir_store.model import Version
 from fhir_store.params import page_size
+from fhir_store.resource_types import resource_types
 from fhir_store.search.clauses import Clause, Filter, TypeQuery
-from fhir_store.search.query import QueryBuilder, Terminology, match_stages
+from fhir_store.search.query import QueryBuilder, Terminology, check_bounds, match_stages
 from fhir_store.search.registry import Registry
 
 #: Query parameters that shape the result rather than select resources.
@@ -36,6 +39,12 @@ TOTAL_MODES = ("none", "estimate", "accurate")
 TOTAL_METHODS = {"count": "accurate", "exact": "accurate", "accurate": "accurate", "estimate": "estimate",
                  "none": "none"}
 MAX_INCLUDED = 1000
+#: Rounds of `:iterate` includes at most (each round fetches what the previous one found).
+MAX_INCLUDE_ROUNDS = 10
+#: Keys `_sort` may name (MongoDB sorts on at most 32).
+MAX_SORT_KEYS = 8
+#: An `_elements` entry: an element name, optionally after its type (`Patient.name`).
+_ELEMENT = re.compile(r"(?:[A-Z][A-Za-z]{0,63}\.)?[a-z][A-Za-z0-9]{0,127}")
 #: Types `$everything` adds when the patient's records reference them (they are outside the compartment).
 EVERYTHING_REFERENCED = {"Practitioner", "PractitionerRole", "Organization", "Location", "Medication", "Device",
                          "Substance", "HealthcareService"}
@@ -83,6 +92,7 @@ def parse_request(registry: Registry, types: list[str], params: list[tuple[str, 
                   default_count: int, max_count: int, local_base: str | None = None) -> SearchRequest:
     """Split the query into selection criteria and result parameters, checking the latter."""
     request = SearchRequest(types=types, count=default_count, strict=strict, local_base=local_base)
+    check_bounds(params)
     for name, value in params:
         base = name.split(":", 1)[0]
         if base not in RESULT_PARAMETERS:
@@ -90,10 +100,19 @@ def parse_request(registry: Registry, types: list[str], params: list[tuple[str, 
         elif base == "_count":
             request.count = page_size(value, default_count, max_count)
         elif base == "_sort":
-            request.sort = [_sort_key(registry, types, key) for key in value.split(",") if key]
+            keys: dict[str, int] = {}
+            for key in value.split(","):
+                if key:
+                    sort_field, direction = _sort_key(registry, types, key)
+                    keys.setdefault(sort_field, direction)  # `name,-name`: the first says how
+            request.sort = list(keys.items())
+            if len(request.sort) > MAX_SORT_KEYS:
+                raise InvalidSearch(f"_sort names {len(request.sort)} keys; at most {MAX_SORT_KEYS} (the limit)")
         elif base in ("_include", "_revinclude"):
             include = _include(registry, name, value)
-            (request.includes if base == "_include" else request.revincludes).append(include)
+            found = request.includes if base == "_include" else request.revincludes
+            if include not in found:  # a hundred `_include:iterate=*` are one
+                found.append(include)
         elif base == "_summary":
             if value not in SUMMARY_MODES:
                 raise InvalidSearch(f"_summary must be one of {', '.join(SUMMARY_MODES)}, not '{value}'")
@@ -108,9 +127,17 @@ def parse_request(registry: Registry, types: list[str], params: list[tuple[str, 
             request.total = TOTAL_METHODS[value]
         elif base == "_elements":
             request.elements = [e.strip() for e in value.split(",") if e.strip()]
+            for element in request.elements:
+                if not _ELEMENT.fullmatch(element):
+                    raise InvalidSearch(f"_elements names elements (name, or Type.name); "
+                                        f"'{_shown(element)}' is not one")
         elif base == "_cursor":
             request.cursor = value
     return request
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= 64 else text[:64] + "…"
 
 
 def _sort_key(registry: Registry, types: list[str], key: str) -> tuple[str, int]:
@@ -133,9 +160,13 @@ def _include(registry: Registry, name: str, value: str) -> Include:
     if value == "*":
         return Include("*", "*", None, iterate)
     if len(parts) not in (2, 3):
-        raise InvalidSearch(f"{name} takes Type:parameter[:targetType], not '{value}'")
+        raise InvalidSearch(f"{name} takes Type:parameter[:targetType], not '{_shown(value)}'")
     source, code = parts[0], parts[1]
     target = parts[2] if len(parts) == 3 else None
+    known = resource_types()
+    for rtype in (source, target):
+        if rtype is not None and rtype != "*" and rtype not in known:
+            raise InvalidSearch(f"{name}: '{_shown(rtype)}' is not a resource type")
     param = registry.param(source, code) if code != "*" else None
     if code != "*" and (param is None or param.type != "reference"):
         raise InvalidSearch(f"'{code}' is not a reference search parameter of {source}")
@@ -150,9 +181,12 @@ class SearchEngine:
     """
 
     def __init__(self, registry: Registry, resources: AsyncCollection[dict[str, Any]],
-                 terminology: Terminology | None = None) -> None:
+                 terminology: Terminology | None = None,
+                 collection_of: Callable[[str], AsyncCollection[dict[str, Any]]] | None = None) -> None:
         self.registry = registry
         self.resources = resources
+        #: The collection of each type for chains and `_has` (a type kept apart, such as AuditEvent).
+        self.collection_of = collection_of
         #: Token `:in`, `:below`, … need the terminology service; without it they match as plain tokens.
         self.terminology = terminology
 
@@ -160,7 +194,7 @@ class SearchEngine:
                       compartment: tuple[str, str] | None = None,
                       session: AsyncClientSession | None = None) -> list[TypeQuery]:
         builder = QueryBuilder(self.registry, self.resources, request.local_base, session=session,
-                               terminology=self.terminology)
+                               terminology=self.terminology, collection_of=self.collection_of)
         queries = await builder.build(request.types, request.criteria, strict=request.strict, issues=issues)
         if compartment is not None:
             owner = f"{compartment[0]}/{compartment[1]}"
@@ -189,7 +223,7 @@ class SearchEngine:
         if request.summary == "count" or request.count == 0:  # `_count=0`: how many, and nothing else
             return SearchResult([], [], await self._count(queries, session), None, None, issues, request.summary)
         sort = request.sort if any(k == "_id" for k, _ in request.sort) else [*request.sort, ("_id", ASCENDING)]
-        direction, last = _decode_cursor(request.cursor)
+        direction, last = _decode_cursor(request.cursor, len(sort))
         run_sort = sort if direction == "after" else [(k, -d) for k, d in sort]
         keyset = None if last is None else _after(run_sort, last)
         projection = {**VERSION_FIELDS, **{k: True for k, _ in sort if k.startswith("sk.")},
@@ -220,9 +254,9 @@ class SearchEngine:
                          cursor: str | None, session: AsyncClientSession | None = None) -> SearchResult:
         """`$everything`: the compartment of `owner` ("Patient/1"), page by page in `_id` order, and on
         each page the practitioners, organisations, locations and medications it references."""
-        direction, last = _decode_cursor(cursor)
-        if direction != "after":
-            raise InvalidSearch("$everything pages forward only")
+        direction, last = _decode_cursor(cursor, 1)
+        if direction != "after" or (last is not None and not isinstance(last[0], str)):
+            raise InvalidSearch("$everything pages forward only, with the _cursor of its next link")
         rest: list[Filter] = [{"deleted": False}]
         if types:
             rest.append({"type": {"$in": types}})
@@ -274,7 +308,13 @@ class SearchEngine:
         included: list[dict[str, Any]] = []
         frontier = docs
         first_round = True
+        rounds = 0
         while frontier:
+            rounds += 1
+            if rounds > MAX_INCLUDE_ROUNDS:
+                issues.append(Issue("too-costly", f"_include:iterate and _revinclude:iterate stopped after "
+                                                  f"{MAX_INCLUDE_ROUNDS} rounds (the limit)", severity="warning"))
+                break
             found: list[dict[str, Any]] = []
             for inc in request.includes:
                 if first_round or inc.iterate:
@@ -367,14 +407,21 @@ def _encode_cursor(direction: str, values: list[Any]) -> str:
     return base64.urlsafe_b64encode(bson.encode({"d": direction, "v": values})).decode().rstrip("=")
 
 
-def _decode_cursor(token: str | None) -> tuple[str, list[Any] | None]:
+#: What a sort key may be (`sk` values, `_id`, `ts`): a cursor holding anything else was not made here, and
+#: a document in it would reach the keyset filter as a query operator (`{"$regex": ...}`).
+_CURSOR_VALUES = (str, int, float, datetime, type(None))
+
+
+def _decode_cursor(token: str | None, keys: int) -> tuple[str, list[Any] | None]:
+    """The direction and row position of a `_cursor`, which must hold `keys` plain values."""
     if not token:
         return "after", None
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         doc: dict[str, Any] = bson.decode(raw, bson.CodecOptions(tz_aware=True))
         direction, values = doc["d"], doc["v"]
-        if direction not in ("after", "before") or not isinstance(values, list):
+        if direction not in ("after", "before") or not isinstance(values, list) or len(values) != keys \
+                or not all(isinstance(v, _CURSOR_VALUES) for v in values):
             raise ValueError
         return direction, values
     except Exception:

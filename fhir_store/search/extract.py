@@ -7,14 +7,25 @@ For each parameter with a value the current-version document gets:
 - helper lists for modifiers: `ix["code:exact"]`, `ix["code:text"]`,
   `ix["code:identifier"]`, `ix["code:of-type"]`;
 - `sk[code]`: one scalar sort key, so `_sort` and keyset paging are index-friendly.
+
+Every value is bounded, whatever the resource holds: string index values and
+sort keys keep their first `INDEXED_CHARS`, an `:exact` value longer than
+`_MAX_EXACT_CHARS` is kept as its start and a digest (still exact, see
+`exact_value`), and the whole index may take at most `MAX_INDEX_BYTES`, so a
+5 MB name or a resource of thousands of distinct names cannot push its
+MongoDB document past 16 MiB (413 instead).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import datetime
 from typing import Any
 
+import bson
+
+from fhir_store.errors import PayloadTooLarge
 from fhir_store.search.dates import MAX, MIN, parse_range
 from fhir_store.search.paths import Leaf
 from fhir_store.search.registry import Registry, SearchParam
@@ -22,15 +33,24 @@ from fhir_store.text import fold
 
 # A string is indexed from each of its first words on, so "van binh" finds "Trần Văn Bình".
 _MAX_SUFFIX_WORDS = 8
-_MAX_INDEXED_CHARS = 200
+#: How much of each text the index keeps (suffixes and sort keys).
+INDEXED_CHARS = 200
+#: `:exact` values up to this length are kept as they are; longer ones as their start and a digest.
+_MAX_EXACT_CHARS = 1024
+#: The most a resource's search index (`ix` and `sk`) may take, as BSON: a resource may be 12 MiB
+#: (`validation.MAX_RESOURCE_BYTES`) and a MongoDB document 16 MiB.
+MAX_INDEX_BYTES = 3 * 1024 * 1024 + 512 * 1024
 _QUANTITY_TYPES = {"Quantity", "Age", "Duration", "Money", "Distance", "Count", "SimpleQuantity", "MoneyQuantity"}
 _NUMBER_TYPES = {"decimal", "integer", "positiveInt", "unsignedInt", "integer64"}
 _NOT_DIGIT = re.compile(r"\D")
+#: The helper lists a parameter may add beside `ix[code]`.
+_HELPERS = ("exact", "text", "identifier", "of-type")
 
 
 def extract(registry: Registry, resource: dict[str, Any]) -> tuple[dict[str, list[Any]], dict[str, Any]]:
     ix: dict[str, list[Any]] = {}
     sk: dict[str, Any] = {}
+    estimate = 0
     for param in registry.params(resource["resourceType"]).values():
         if param.computed == "deceased":
             flag = bool(resource.get("deceasedDateTime")) or resource.get("deceasedBoolean") is True
@@ -41,18 +61,56 @@ def extract(registry: Registry, resource: dict[str, Any]) -> tuple[dict[str, lis
         nodes = [(leaf, node) for leaf in param.leaves for node in leaf.evaluate(resource)]
         if nodes:
             _EXTRACTORS[param.type](param, nodes, ix, sk)
+            # A cheap running estimate (the texts' length) stops a hostile resource early; BSON decides below.
+            estimate += sum(len(v) if isinstance(v, str) else 32
+                            for key in (param.code, *(f"{param.code}:{helper}" for helper in _HELPERS))
+                            for v in ix.get(key, ()))
+            if estimate > MAX_INDEX_BYTES:
+                _check_budget(resource, ix, sk)
+    _check_budget(resource, ix, sk)
     return ix, sk
+
+
+def _check_budget(resource: dict[str, Any], ix: dict[str, list[Any]], sk: dict[str, Any]) -> None:
+    """Refuse (413) a search index larger than MAX_INDEX_BYTES as BSON."""
+    size = len(bson.encode({"ix": ix, "sk": sk}))
+    if size > MAX_INDEX_BYTES:
+        rtype = resource.get("resourceType")
+        raise PayloadTooLarge(f"The search index of this {rtype} would take {size:,} bytes; a resource's index "
+                              f"may take at most {MAX_INDEX_BYTES:,} (the limit): it has too many distinct "
+                              "searchable values")
+
+
+def exact_value(text: str) -> str:
+    """What `:exact` matches: the text itself or, when longer than `_MAX_EXACT_CHARS`, its start and a SHA-256
+    of it all, so the index stays bounded and the match stays exact. Search values go through it too."""
+    if len(text) <= _MAX_EXACT_CHARS:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{text[:INDEXED_CHARS]}…sha256:{digest}"
 
 
 def _put(ix: dict[str, list[Any]], sk: dict[str, Any], key: str, values: list[Any], sort_key: Any = None) -> None:
     unique: list[Any] = []
-    for v in values:
-        if v not in unique:
+    seen: set[Any] = set()
+    for v in values:  # in order, each once: a set of keys, so ten thousand values cost no more than ten
+        k = _hashable(v)
+        if k not in seen:
+            seen.add(k)
             unique.append(v)
     if unique:
         ix[key] = unique
         if sort_key is not None and key not in sk:
-            sk[key] = sort_key
+            sk[key] = sort_key[:INDEXED_CHARS] if isinstance(sort_key, str) else sort_key
+
+
+def _hashable(value: Any) -> Any:
+    """An index value as a set key: ranges, quantities and composites are dicts (of lists, for composites)."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    return value
 
 
 # ---- string -----------------------------------------------------------------------------
@@ -79,7 +137,9 @@ def string_parts(datatype: str, node: Any) -> list[str]:
 
 def folded_suffixes(text: str) -> list[str]:
     words = fold(text).split()
-    return [" ".join(words[i:])[:_MAX_INDEXED_CHARS] for i in range(min(len(words), _MAX_SUFFIX_WORDS))]
+    # Each word is at least one character: the next INDEXED_CHARS words are all a suffix can keep.
+    return [" ".join(words[i:i + INDEXED_CHARS])[:INDEXED_CHARS]
+            for i in range(min(len(words), _MAX_SUFFIX_WORDS))]
 
 
 def _string(param: SearchParam, nodes: list[tuple[Leaf, Any]], ix: dict[str, list[Any]], sk: dict[str, Any]) -> None:
@@ -92,7 +152,7 @@ def _string(param: SearchParam, nodes: list[tuple[Leaf, Any]], ix: dict[str, lis
     sort_text = " ".join([first.get("family") or "", *(first.get("given") or [])]).strip() \
         if leaf.datatype == "HumanName" else ""
     _put(ix, sk, param.code, [s for t in texts for s in folded_suffixes(t)], fold(sort_text or texts[0]))
-    _put(ix, sk, f"{param.code}:exact", texts)
+    _put(ix, sk, f"{param.code}:exact", [exact_value(t) for t in texts])
 
 
 # ---- token ------------------------------------------------------------------------------

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhir_store.compartments import memberships
+from fhir_store.compartments import compartment_params, memberships
 from fhir_store.documents import Indexer, IndexValues
-from fhir_store.search.extract import extract
+from fhir_store.search.extract import extract, normalise_reference
 from fhir_store.search.registry import Registry
 
 
@@ -20,3 +20,26 @@ def indexer(registry: Registry) -> Indexer:
         return IndexValues(ix, sk, memberships(resource["resourceType"], resource["id"], ix))
 
     return index
+
+
+def patient_references(registry: Registry, resource: dict[str, Any]) -> list[str]:
+    """The patients whose compartment a resource is in ("Patient/1"), by the compartment's own parameters.
+
+    The cheap part of `memberships`, for one compartment, without extracting every parameter (the audit trail
+    asks this of every resource a request touches).
+    """
+    rtype = resource.get("resourceType")
+    if rtype == "Patient":
+        return [f"Patient/{resource['id']}"] if isinstance(resource.get("id"), str) else []
+    if not isinstance(rtype, str):
+        return []
+    found: list[str] = []
+    params = registry.params(rtype)
+    for code in compartment_params("Patient", rtype) if params else []:
+        param = params.get(code)
+        for leaf in param.leaves if param is not None else ():
+            for node in leaf.evaluate(resource):
+                reference = node.get("reference") if isinstance(node, dict) else None
+                if isinstance(reference, str) and (ref := normalise_reference(reference)).startswith("Patient/"):
+                    found.append(ref)
+    return list(dict.fromkeys(found))

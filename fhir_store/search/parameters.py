@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
 from fhir_store.errors import InvalidSearch
-from fhir_store.search.dates import parse_range
+from fhir_store.search.dates import MAX, MIN, parse_range
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _SPLIT_COMMA = re.compile(r"(?<!\\),")
@@ -45,7 +45,7 @@ def date_range(param_code: str, raw: str) -> tuple[str, datetime, datetime]:
     prefix, text = split_prefix(raw)
     try:
         lo, hi = parse_range(text)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise InvalidSearch(f"'{raw}' is not a valid date for '{param_code}' "
                             "(use e.g. 2024, 2024-03, 2024-03-05 or 2024-03-05T08:30:00+07:00, "
                             "with an optional prefix eq, ne, gt, lt, ge, le, sa, eb, ap)") from None
@@ -57,7 +57,7 @@ def approx(lo: datetime, hi: datetime) -> tuple[datetime, datetime]:
     now = datetime.now(UTC)
     gap = max(abs((now - lo).total_seconds()), abs((now - hi).total_seconds())) * 0.1
     delta = timedelta(seconds=max(gap, 86400))
-    return lo - delta, hi + delta
+    return (lo - delta if lo - MIN > delta else MIN), (hi + delta if MAX - hi > delta else MAX)
 
 
 def decimal(param_code: str, text: str) -> tuple[float, float, float]:
@@ -68,7 +68,12 @@ def decimal(param_code: str, text: str) -> tuple[float, float, float]:
         raise InvalidSearch(f"'{text}' is not a number for '{param_code}'") from None
     if not number.is_finite():
         raise InvalidSearch(f"'{text}' is not a finite number for '{param_code}'")
-    half = Decimal(5).scaleb(number.as_tuple().exponent - 1)  # type: ignore[operator]
-    value, lo, hi = float(number), float(number - half), float(number + half)
+    try:
+        half = Decimal(5).scaleb(number.as_tuple().exponent - 1)  # type: ignore[operator]
+        value, lo, hi = float(number), float(number - half), float(number + half)
+    except ArithmeticError:  # an exponent past what decimal arithmetic holds (1e999999999999999999)
+        value = lo = hi = math.inf
+    if not all(math.isfinite(x) for x in (value, lo, hi)):
+        raise InvalidSearch(f"'{text}' is outside the range of numbers '{param_code}' can be searched with")
     # Past a double's 16 digits the range may round to nothing: keep the value itself inside it.
     return value, min(lo, value), hi if hi > value else math.nextafter(value, math.inf)

@@ -15,13 +15,16 @@ from typing import Any
 
 from fhir_store.errors import InvalidSearch
 from fhir_store.search.clauses import Clause, Filter
-from fhir_store.search.extract import normalise_reference, token_values
+from fhir_store.search.extract import INDEXED_CHARS, exact_value, normalise_reference, token_values
 from fhir_store.search.parameters import SPLIT_DOLLAR, SPLIT_PIPE, approx, date_range, decimal, split_prefix, unescape
 from fhir_store.search.registry import MODIFIERS, SearchParam
 from fhir_store.text import fold, nfc
 
 #: Sorts after every string that starts with a prefix, so [p, p + _TOP) is "starts with p".
 _TOP = "\U0010ffff"
+#: The longest `:contains` text: the index keeps the first INDEXED_CHARS of each text, so a longer one could
+#: never match, and the regex it becomes stays small.
+MAX_CONTAINS_CHARS = INDEXED_CHARS
 _NOTHING = Clause({"_id": {"$in": []}}, {"_id": {"$in": []}})
 
 #: (param, modifier, raw value, field, this server's base URL) → the clause for that one value.
@@ -98,18 +101,23 @@ def _starts_with(field: str, text: str) -> Clause:
 def _string(param: SearchParam, modifier: str | None, raw: str, field: str, local_base: str | None) -> Clause:
     text = unescape(raw)
     folded = fold(text)
+    # The index keeps each text's first INDEXED_CHARS: a longer value is matched on those (exactly, for :exact).
+    indexed = folded[:INDEXED_CHARS]
     if modifier == "exact":
-        return Clause({f"{field}:exact": nfc(text)}, {field: folded} if folded else None)
+        return Clause({f"{field}:exact": exact_value(nfc(text))}, {field: indexed} if indexed else None)
     if not folded:
         return _NOTHING
     if modifier == "contains":
+        if len(folded) > MAX_CONTAINS_CHARS:
+            raise InvalidSearch(f"{param.code}:contains takes at most {MAX_CONTAINS_CHARS} characters (the limit); "
+                                f"got {len(folded)}")
         return Clause({field: {"$regex": re.escape(folded)}})
-    return _starts_with(field, folded)
+    return _starts_with(field, indexed)
 
 
 def _token(param: SearchParam, modifier: str | None, raw: str, field: str, local_base: str | None) -> Clause:
     if modifier == "text":
-        return Clause(_starts_with(f"{field}:text", fold(unescape(raw))).exact)
+        return Clause(_starts_with(f"{field}:text", fold(unescape(raw))[:INDEXED_CHARS]).exact)
     if modifier == "of-type":
         parts = SPLIT_PIPE.split(raw)
         if len(parts) != 3 or not all(parts):

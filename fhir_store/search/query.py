@@ -14,7 +14,7 @@ the outer clause matches with `$in` on an indexed field.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,6 +41,17 @@ class Terminology(Protocol):
 
 #: Token modifiers answered with codes from the terminology service.
 TERMINOLOGY_MODIFIERS = ("in", "not-in", "below", "above", "text")
+#: Chained parameters and `_has` nest at most this deep (`subject:Patient.organization.name` is 2).
+MAX_CHAIN_DEPTH = 4
+#: Inner (chained or `_has`) searches one request may run: a chain through a reference that may point to
+#: any type runs one per type, and nesting such chains multiplies them.
+MAX_STAGES = 256
+#: Comma-separated (ORed) values one occurrence of a parameter may carry.
+MAX_VALUES = 1000
+#: Parameters one search (or set of conditional criteria) may carry, and the longest name and value of one.
+MAX_PARAMETERS = 100
+MAX_NAME_CHARS = 256
+MAX_VALUE_CHARS = 64 * 1024
 
 
 @dataclass
@@ -51,10 +62,15 @@ class QueryBuilder:
     stage_cap: int = 10_000
     session: AsyncClientSession | None = None
     terminology: Terminology | None = None
+    #: Where an inner search of a type runs (AuditEvents live apart); None: `resources` for every type.
+    collection_of: Callable[[str], AsyncCollection[dict[str, Any]]] | None = None
+    #: Inner searches run so far for this request (at most MAX_STAGES).
+    stages: int = 0
 
     async def build(self, types: list[str], criteria: list[tuple[str, str]], *, strict: bool,
                     issues: list[Issue]) -> list[TypeQuery]:
         """One `TypeQuery` per type searched, each holding a clause per known criterion."""
+        check_bounds(criteria)
         known = [(name, raw) for name, raw in criteria if self._known(types, name, strict, issues)]
         return [TypeQuery(rtype, [await self.criterion(rtype, name, raw, issues=issues) for name, raw in known])
                 for rtype in types]
@@ -74,16 +90,19 @@ class QueryBuilder:
         issues.append(Issue("not-supported", f"{message}; it was ignored", severity="warning"))
         return False
 
-    async def criterion(self, rtype: str, name: str, raw: str, *, issues: list[Issue]) -> Clause:
+    async def criterion(self, rtype: str, name: str, raw: str, *, issues: list[Issue], depth: int = 0) -> Clause:
+        if depth > MAX_CHAIN_DEPTH:
+            raise SearchTooCostly(f"Chained parameters and _has nest at most {MAX_CHAIN_DEPTH} levels deep "
+                                  "(the limit)")
         if name.startswith("_has:"):
-            return await self._has(rtype, name, raw, issues)
+            return await self._has(rtype, name, raw, issues, depth)
         head, dot, rest = name.partition(".")
         code, colon, modifier = head.partition(":")
         param = self.registry.param(rtype, code)
         if param is None:
             raise InvalidSearch(f"Unknown search parameter '{code}' for {rtype}")
         if dot:
-            return await self._chain(param, modifier if colon else None, rest, raw, issues)
+            return await self._chain(param, modifier if colon else None, rest, raw, issues, depth)
         if param.type == "token" and modifier in TERMINOLOGY_MODIFIERS and self.terminology is not None:
             return await self._terminology(self.terminology, param, modifier, raw)
         return self.condition(param, modifier if colon else None, raw)
@@ -91,9 +110,7 @@ class QueryBuilder:
     async def _terminology(self, terminology: Terminology, param: SearchParam, modifier: str, raw: str) -> Clause:
         """`:in`/`:not-in` a value set, `:below`/`:above` a code, `:text` also matching the codes' titles."""
         field = f"ix.{param.code}"
-        values = split_values(raw)
-        if not values or any(v == "" for v in values):
-            raise InvalidSearch(f"Search parameter '{param.code}' has an empty value")
+        values = _values(param, raw)
         alternatives: list[Clause] = []
         for value in values:
             if modifier in ("in", "not-in"):
@@ -132,9 +149,7 @@ class QueryBuilder:
         if modifier is not None and not modifier_allowed(param, modifier):
             raise InvalidSearch(f"The modifier ':{modifier}' is not supported on {param.type} parameter "
                                 f"'{param.code}'")
-        values = split_values(raw)
-        if not values or any(v == "" for v in values):
-            raise InvalidSearch(f"Search parameter '{param.code}' has an empty value")
+        values = _values(param, raw)
         if param.type == "token" and modifier == "not":
             alternatives = [self.value(param, None, v, field=f"ix.{param.code}") for v in values]
             return Clause({"$nor": [a.exact for a in alternatives]})
@@ -154,22 +169,23 @@ class QueryBuilder:
     # ---- chains and _has --------------------------------------------------------------------
 
     async def _chain(self, param: SearchParam, type_modifier: str | None, rest: str, raw: str,
-                     issues: list[Issue]) -> Clause:
+                     issues: list[Issue], depth: int) -> Clause:
         if param.type != "reference":
             raise InvalidSearch(f"'{param.code}' is not a reference parameter, so it cannot be chained")
         targets = [type_modifier] if type_modifier else list(param.targets)
         next_code = rest.split(".", 1)[0].split(":", 1)[0]
-        targets = [t for t in targets if self.registry.param(t, next_code) is not None or next_code.startswith("_")]
+        targets = [t for t in targets if self.registry.param(t, next_code) is not None
+                   or (next_code == "_has" and bool(self.registry.params(t)))]  # a type this server has
         if not targets:
             raise InvalidSearch(f"No type that '{param.code}' points to has a search parameter '{next_code}'")
         refs: list[str] = []
         for target in targets:
-            inner = await self.criterion(target, rest, raw, issues=issues)
+            inner = await self.criterion(target, rest, raw, issues=issues, depth=depth + 1)
             refs += [doc["_id"] async for doc in self._stage(TypeQuery(target, [inner]), {"_id": True})]
         cond = {f"ix.{param.code}": {"$in": refs}}
         return Clause(cond, cond)
 
-    async def _has(self, rtype: str, name: str, raw: str, issues: list[Issue]) -> Clause:
+    async def _has(self, rtype: str, name: str, raw: str, issues: list[Issue], depth: int) -> Clause:
         parts = name.split(":", 3)
         if len(parts) < 4 or not parts[3]:
             raise InvalidSearch(f"'{name}' must look like _has:Type:reference-parameter:parameter")
@@ -177,7 +193,7 @@ class QueryBuilder:
         ref_param = self.registry.param(source, ref_code)
         if ref_param is None or ref_param.type != "reference":
             raise InvalidSearch(f"'{ref_code}' is not a reference search parameter of {source}")
-        inner = await self.criterion(source, rest, raw, issues=issues)
+        inner = await self.criterion(source, rest, raw, issues=issues, depth=depth + 1)
         prefix = f"{rtype}/"
         keys: set[str] = set()
         async for doc in self._stage(TypeQuery(source, [inner]), {f"ix.{ref_code}": True}):
@@ -187,9 +203,14 @@ class QueryBuilder:
 
     async def _stage(self, query: TypeQuery, projection: Filter) -> AsyncIterator[dict[str, Any]]:
         """Rows of an inner (chained or `_has`) search, refusing more than `stage_cap`."""
+        self.stages += 1
+        if self.stages > MAX_STAGES:
+            raise SearchTooCostly(f"This search needs more than {MAX_STAGES} inner searches for its chains and _has "
+                                  "(the limit); name the target type (subject:Patient.name) to narrow them down")
         pipeline = [*match_stages(query), {"$limit": self.stage_cap + 1}, {"$project": projection}]
         count = 0
-        async for doc in await self.resources.aggregate(pipeline, session=self.session):
+        collection = self.collection_of(query.resource_type) if self.collection_of else self.resources
+        async for doc in await collection.aggregate(pipeline, session=self.session):
             count += 1
             if count > self.stage_cap:
                 raise SearchTooCostly(f"A chained or _has stage matches more than {self.stage_cap} resources; "
@@ -198,6 +219,39 @@ class QueryBuilder:
 
 
 _FIELDS = {"_id": "_id", "_lastUpdated": "ts"}
+
+
+def check_bounds(params: list[tuple[str, str]]) -> None:
+    """Refuse a search too large to be sensible before any of it runs: too many parameters, chains or `_has`
+    nested too deep, names or values too long."""
+    if len(params) > MAX_PARAMETERS:
+        raise SearchTooCostly(f"The search has {len(params)} parameters; a search may have at most {MAX_PARAMETERS} "
+                              "(the limit)")
+    for name, value in params:
+        if name.count("_has:") + name.count(".") > MAX_CHAIN_DEPTH:
+            raise SearchTooCostly(f"'{_shown(name)}': chained parameters and _has nest at most {MAX_CHAIN_DEPTH} "
+                                  "levels deep (the limit)")
+        if len(name) > MAX_NAME_CHARS:
+            raise InvalidSearch(f"The parameter name '{_shown(name)}' is {len(name)} characters long; at most "
+                                f"{MAX_NAME_CHARS} (the limit)")
+        if len(value) > MAX_VALUE_CHARS:
+            raise SearchTooCostly(f"The value of '{_shown(name)}' is {len(value)} characters long; at most "
+                                  f"{MAX_VALUE_CHARS} (the limit)")
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= 64 else text[:64] + "…"
+
+
+def _values(param: SearchParam, raw: str) -> list[str]:
+    """The ORed values of one occurrence of `param`: none empty, at most MAX_VALUES."""
+    values = split_values(raw)
+    if not values or any(v == "" for v in values):
+        raise InvalidSearch(f"Search parameter '{param.code}' has an empty value")
+    if len(values) > MAX_VALUES:
+        raise SearchTooCostly(f"Search parameter '{param.code}' has {len(values)} values; one occurrence may "
+                              f"carry at most {MAX_VALUES} (the limit)")
+    return values
 
 
 def match_stages(query: TypeQuery, extra: list[Filter] | None = None) -> list[Filter]:
