@@ -8,20 +8,16 @@ happen inside the commands so that `emr --help` stays fast.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import sys
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-if TYPE_CHECKING:
-    from emr.settings import Settings
-    from security import Client, Security
+from emr.commands.account_helpers import fail, print_json, run, when
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from security import Client
+
 
 _SIGN_IN = ("A client signs in at the server's token endpoint, POST /auth/token with grant_type=client_credentials, "
             "sending its client id and secret as HTTP Basic authentication (or as client_id and client_secret "
@@ -37,44 +33,8 @@ ClientId = Annotated[str, typer.Argument(help="The client's id, as 'emr clients 
                                         show_default=False)]
 
 
-class _Refused(Exception):
-    """The command cannot be done; the message says why (printed, exit code 1)."""
 
 
-def _fail(command: str, message: object) -> typer.Exit:
-    typer.echo(f"clients {command}: {message}", err=True)
-    return typer.Exit(1)
-
-
-def _when(instant: datetime) -> str:
-    """dd/mm/yyyy HH:MM in this computer's time zone."""
-    if instant.tzinfo is None:
-        instant = instant.replace(tzinfo=UTC)
-    return instant.astimezone().strftime("%d/%m/%Y %H:%M")
-
-
-def _print_json(value: Any) -> None:
-    typer.echo(json.dumps(value, ensure_ascii=False))
-
-
-async def _with_security(settings: Settings, action: Callable[[Security], Awaitable[T]]) -> T:
-    from emr.services import open_services
-    from security import AccountError, ScopeError
-
-    async with open_services(settings) as services:
-        try:
-            return await action(services.security)
-        except (AccountError, ScopeError) as exc:
-            raise _Refused(str(exc)) from None
-
-
-def _run(command: str, action: Callable[[Security], Awaitable[T]]) -> T:
-    from emr.settings import get_settings
-
-    try:
-        return asyncio.run(_with_security(get_settings(), action))
-    except _Refused as exc:
-        raise _fail(command, exc) from None
 
 
 @app.command()
@@ -105,11 +65,11 @@ def add(
     its id and secret sent as HTTP Basic authentication.
     """
     if not name.strip():
-        raise _fail("add", "give the client a name that says what it is")
-    added: tuple[Client, str] = _run("add", lambda security: security.accounts.add_client(name.strip(), scope))
+        raise fail("clients add", "give the client a name that says what it is")
+    added: tuple[Client, str] = run("clients add", lambda security: security.accounts.add_client(name.strip(), scope))
     client, secret = added
     if json_output:
-        _print_json({"client_id": client.client_id, "client_secret": secret})
+        print_json({"client_id": client.client_id, "client_secret": secret})
         typer.echo("The client secret is not shown again: keep it now.", err=True)
         return
     typer.echo(f"Added client '{client.name}'.")
@@ -129,9 +89,9 @@ def list_(json_output: JsonOption = False) -> None:
     A table of client id, name, scopes, enabled or disabled, and when each was
     created (dd/mm/yyyy HH:MM, this computer's time). Secrets are never shown.
     """
-    clients: list[Client] = _run("list", lambda security: security.accounts.list_clients())
+    clients: list[Client] = run("clients list", lambda security: security.accounts.list_clients())
     if json_output:
-        _print_json([c.to_json() for c in clients])
+        print_json([c.to_json() for c in clients])
         return
     if not clients:
         typer.echo("No clients yet. Add one with: emr clients add NAME --scope \"system/...\"")
@@ -147,7 +107,7 @@ def list_(json_output: JsonOption = False) -> None:
     table.add_column("created", no_wrap=True)
     for c in clients:
         table.add_row(c.client_id, c.name, " ".join(map(str, c.scopes)), "disabled" if c.disabled else "enabled",
-                      _when(c.created))
+                      when(c.created))
     Console(file=sys.stdout).print(table)
 
 
@@ -160,9 +120,9 @@ def disable(client_id: ClientId, json_output: JsonOption = False) -> None:
     second. The client stays in the list (the audit trail names it); to let the
     system in again, add a new client with a new secret.
     """
-    client: Client = _run("disable", lambda security: security.disable_client(client_id.strip()))
+    client: Client = run("clients disable", lambda security: security.disable_client(client_id.strip()))
     if json_output:
-        _print_json(client.to_json())
+        print_json(client.to_json())
         return
     typer.echo(f"Client '{client.client_id}' ({client.name}) is disabled: it cannot sign in, and its tokens "
                "have ended.")

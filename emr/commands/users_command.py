@@ -9,21 +9,17 @@ Heavy imports happen inside the commands so that `emr --help` stays fast.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import sys
 import textwrap
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-if TYPE_CHECKING:
-    from emr.settings import Settings
-    from security import Security, User
+from emr.commands.account_helpers import fail, print_json, run, when
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from security import User
+
 
 _SIGN_IN = ("Staff sign in at the server's token endpoint, POST /auth/token with grant_type=password "
             "(their user name and password); ward terminals and scripts do this for them.")
@@ -38,22 +34,13 @@ Username = Annotated[str, typer.Argument(help="The user's sign-in name: 2 to 64 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on standard output.")]
 
 
-class _Refused(Exception):
-    """The command cannot be done; the message says why (printed, exit code 1)."""
-
-
-def _fail(command: str, message: object) -> typer.Exit:
-    typer.echo(f"users {command}: {message}", err=True)
-    return typer.Exit(1)
-
-
 def _read_password(command: str) -> str:
     """The new password: the first line of standard input when it is not a terminal, else asked twice."""
     if not sys.stdin.isatty():
         line = sys.stdin.readline()
         password = line.removesuffix("\n").removesuffix("\r")
         if not password:
-            raise _fail(command, "no password on standard input (the first line is the password)")
+            raise fail(f"users {command}", "no password on standard input (the first line is the password)")
         return password
     while True:
         first = typer.prompt("New password", hide_input=True, err=True)
@@ -71,7 +58,7 @@ def _checked_password(command: str, username: str) -> str:
     try:
         check_strength(password, username)
     except WeakPassword as exc:
-        raise _fail(command, f"{exc}. Nothing was changed.") from None
+        raise fail(f"users {command}", f"{exc}. Nothing was changed.") from None
     return password
 
 
@@ -81,39 +68,11 @@ def _username(command: str, raw: str) -> str:
     try:
         return normalise_username(raw)
     except AccountError as exc:
-        raise _fail(command, exc) from None
+        raise fail(f"users {command}", exc) from None
 
 
-def _when(instant: datetime) -> str:
-    """dd/mm/yyyy HH:MM in this computer's time zone."""
-    if instant.tzinfo is None:
-        instant = instant.replace(tzinfo=UTC)
-    return instant.astimezone().strftime("%d/%m/%Y %H:%M")
 
 
-def _print_json(value: Any) -> None:
-    typer.echo(json.dumps(value, ensure_ascii=False))
-
-
-async def _with_security(settings: Settings, action: Callable[[Security], Awaitable[T]]) -> T:
-    """`action(security)` on the configured database; an `AccountError` becomes `_Refused`."""
-    from emr.services import open_services
-    from security import AccountError, WeakPassword
-
-    async with open_services(settings) as services:
-        try:
-            return await action(services.security)
-        except (AccountError, WeakPassword) as exc:
-            raise _Refused(str(exc)) from None
-
-
-def _run(command: str, action: Callable[[Security], Awaitable[T]]) -> T:
-    from emr.settings import get_settings
-
-    try:
-        return asyncio.run(_with_security(get_settings(), action))
-    except _Refused as exc:
-        raise _fail(command, exc) from None
 
 
 @app.command()
@@ -143,11 +102,11 @@ def add(
     try:
         role(role_name)
     except KeyError as exc:
-        raise _fail("add", exc.args[0]) from None
+        raise fail("users add", exc.args[0]) from None
     password = _checked_password("add", name)
-    user: User = _run("add", lambda security: security.accounts.add_user(name, role_name, password))
+    user: User = run("users add", lambda security: security.accounts.add_user(name, role_name, password))
     if json_output:
-        _print_json(user.to_json())
+        print_json(user.to_json())
         return
     typer.echo(f"Added user '{user.username}' with role {user.role} ({role(user.role).title}).")
     typer.echo(_SIGN_IN)
@@ -160,9 +119,9 @@ def list_(json_output: JsonOption = False) -> None:
     A table of user name, role, enabled or disabled, and when each was created
     (dd/mm/yyyy HH:MM, this computer's time); --json gives the same as a list.
     """
-    users: list[User] = _run("list", lambda security: security.accounts.list_users())
+    users: list[User] = run("users list", lambda security: security.accounts.list_users())
     if json_output:
-        _print_json([u.to_json() for u in users])
+        print_json([u.to_json() for u in users])
         return
     if not users:
         typer.echo("No users yet. Add one with: emr users add USERNAME --role ROLE")
@@ -176,7 +135,7 @@ def list_(json_output: JsonOption = False) -> None:
     table.add_column("status", no_wrap=True)
     table.add_column("created", no_wrap=True)
     for u in users:
-        table.add_row(u.username, u.role, "disabled" if u.disabled else "enabled", _when(u.created))
+        table.add_row(u.username, u.role, "disabled" if u.disabled else "enabled", when(u.created))
     Console(file=sys.stdout).print(table)
 
 
@@ -189,9 +148,9 @@ def disable(username: Username, json_output: JsonOption = False) -> None:
     The account stays (the audit trail names it); 'emr users enable' undoes this.
     """
     name = _username("disable", username)
-    user: User = _run("disable", lambda security: security.disable_user(name))
+    user: User = run("users disable", lambda security: security.disable_user(name))
     if json_output:
-        _print_json(user.to_json())
+        print_json(user.to_json())
         return
     typer.echo(f"User '{user.username}' is disabled: they cannot sign in, and their sign-ins have ended.")
 
@@ -204,9 +163,9 @@ def enable(username: Username, json_output: JsonOption = False) -> None:
     also run 'emr users reset-password'.
     """
     name = _username("enable", username)
-    user: User = _run("enable", lambda security: security.accounts.set_disabled(name, False))
+    user: User = run("users enable", lambda security: security.accounts.set_disabled(name, False))
     if json_output:
-        _print_json(user.to_json())
+        print_json(user.to_json())
         return
     typer.echo(f"User '{user.username}' is enabled: they can sign in again.")
 
@@ -227,9 +186,9 @@ def reset_password(username: Username, json_output: JsonOption = False) -> None:
     """
     name = _username("reset-password", username)
     password = _checked_password("reset-password", name)
-    user: User = _run("reset-password", lambda security: security.reset_password(name, password))
+    user: User = run("users reset-password", lambda security: security.reset_password(name, password))
     if json_output:
-        _print_json(user.to_json())
+        print_json(user.to_json())
         return
     typer.echo(f"User '{user.username}' has a new password; their earlier sign-ins have ended.")
 
@@ -255,7 +214,7 @@ def roles(json_output: JsonOption = False) -> None:
     from security import ROLES
 
     if json_output:
-        _print_json([{"name": r.name, "title": r.title, "does": r.does, "scopes": [str(s) for s in r.scopes],
+        print_json([{"name": r.name, "title": r.title, "does": r.does, "scopes": [str(s) for s in r.scopes],
                       "manages_accounts": r.manages_accounts, "bulk_export": r.bulk_export}
                      for r in ROLES.values()])
         return
