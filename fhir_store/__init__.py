@@ -31,6 +31,7 @@ from fhir_store.hooks import WriteCheck, WriteContext, WriteObserver
 from fhir_store.instants import format_instant, now, parse_instant
 from fhir_store.model import HistoryCursor, HistoryPage, Version, WriteResult
 from fhir_store.pipeline import Caller, Interaction, Interceptor, Pipeline, Result
+from fhir_store.pipeline import R as ResultT
 from fhir_store.r4 import r4_differences, r4_problem
 from fhir_store.resource_types import FHIR_VERSION
 from fhir_store.resource_types import resource_types as known_resource_types
@@ -50,8 +51,8 @@ __all__ = [
     "BundleProcessor", "Caller", "ExportRequest", "ExportResult", "ExportWorker", "Exporter", "FhirStore",
     "Forbidden", "HistoryCursor", "HistoryPage", "ImportSummary", "Interaction", "Interceptor", "InvalidRequest",
     "Issue", "Job", "JobQueue", "Level", "MethodNotAllowed", "Pipeline", "Registry", "Rejection", "ResourceExists",
-    "ResourceGone", "ResourceNotFound", "Result", "SearchResult", "SourceError", "SourceReport", "StoreError",
-    "TerminologyService", "Unauthorized", "ValidationMode", "Version", "WriteCheck", "WriteContext",
+    "ResourceGone", "ResourceNotFound", "Result", "ResultT", "SearchResult", "SourceError", "SourceReport",
+    "StoreError", "TerminologyService", "Unauthorized", "ValidationMode", "Version", "WriteCheck", "WriteContext",
     "WriteObserver", "WriteResult", "compartment_definitions", "dump_json", "etag", "format_instant",
     "history_bundle", "known_resource_types", "load_json", "load_registry", "load_terminology", "not_modified",
     "now", "operation_outcome", "page_links", "parse_if_match", "parse_instant", "r4_differences", "r4_problem",

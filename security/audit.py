@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlencode
 
-from fhir_store import AuditTrail, Interaction, Result, StoreError, format_instant, now
+from fhir_store import AuditTrail, Interaction, Result, ResultT, StoreError, format_instant, now
 from security.authorisation import is_public
-
-R = TypeVar("R", bound=Result)
 
 MOST_RESOURCES = 100  # per event; a bigger answer names its first ones and says how many there were
 
@@ -67,7 +65,7 @@ class AuditRecorder:
                        "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type",
                                  "code": "4", "display": "Application Server"}]}
 
-    async def __call__(self, it: Interaction, call_next: Callable[[Interaction], Awaitable[R]]) -> R:
+    async def __call__(self, it: Interaction, call_next: Callable[[Interaction], Awaitable[ResultT]]) -> ResultT:
         if is_public(it):
             return await call_next(it)
         try:

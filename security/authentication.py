@@ -8,20 +8,17 @@ needs before it can sign in (`metadata`, `$versions`) need no token.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
-from fhir_store import Caller, Interaction, Result, Unauthorized
+from fhir_store import Caller, Interaction, ResultT, Unauthorized
 from security.authorisation import is_public
 from security.tokens import InvalidToken, TokenService
-
-R = TypeVar("R", bound=Result)
 
 
 class Authenticator:
     def __init__(self, tokens: TokenService) -> None:
         self.tokens = tokens
 
-    async def __call__(self, it: Interaction, call_next: Callable[[Interaction], Awaitable[R]]) -> R:
+    async def __call__(self, it: Interaction, call_next: Callable[[Interaction], Awaitable[ResultT]]) -> ResultT:
         if it.bundle is not None:
             it.caller = it.bundle.caller
         elif not is_public(it):

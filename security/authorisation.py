@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
-from typing import TypeVar
 
-from fhir_store import Forbidden, Interaction, Registry, Result, Unauthorized, compartment_definitions
+from fhir_store import Forbidden, Interaction, Registry, ResultT, Unauthorized, compartment_definitions
 from security.roles import ROLES
 from security.scopes import Grant, parse_scopes
 
@@ -30,7 +29,6 @@ _EXPORT_STEPS = frozenset({"export-poll-status", "export-file"})
 _SIMPLE = {"read": "r", "vread": "r", "history-instance": "r", "history-type": "s", "search-type": "s",
            "search-compartment": "s", "create": "c", "update": "u", "patch": "u", "delete": "d"}
 
-R = TypeVar("R", bound=Result)
 Need = tuple[str, str]
 _WRITES = frozenset({"create", "update", "patch", "delete"})  # (resource type or "*", permission letter)
 
@@ -50,7 +48,7 @@ class Authoriser:
     def __init__(self, registry: Callable[[], Registry]) -> None:
         self._registry = registry
 
-    async def __call__(self, it: Interaction, call_next: Callable[[Interaction], Awaitable[R]]) -> R:
+    async def __call__(self, it: Interaction, call_next: Callable[[Interaction], Awaitable[ResultT]]) -> ResultT:
         if is_public(it):
             return await call_next(it)
         if it.caller is None:

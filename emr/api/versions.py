@@ -18,12 +18,12 @@ from typing import Any
 from fastapi import Request, Response
 
 from emr.api.responses import ApiError, FhirResponse
-from fhir_store import r4_differences, r4_problem
+from fhir_store import FHIR_VERSION, r4_differences, r4_problem
 
 R4, R4B = "4.0", "4.3"
 DEFAULT = R4B
 #: The versions this server speaks, as `fhirVersion` names them (major.minor), with their full numbers.
-RELEASES = {R4: "4.0.1", R4B: "4.3.0"}
+RELEASES = {R4: "4.0.1", R4B: FHIR_VERSION}
 
 
 def _declared(header: str) -> str | None:
