@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from emr.database import open_database
 from emr.settings import Settings
 from fhir_store import FhirStore, TerminologyService, WriteCheck, WriteObserver
-from security import Security, server_secret
+from security import Security, partner_writes, server_secret
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ async def open_services(settings: Settings, *, write_checks: Sequence[WriteCheck
     """The database (configured or embedded) and the services on it, until the block ends."""
     async with open_database(settings) as db:
         terminology = TerminologyService(db, validation=settings.terminology_validation)
-        store = FhirStore(db, write_checks=[terminology.check_codings, *write_checks],
+        store = FhirStore(db, write_checks=[terminology.check_codings, partner_writes, *write_checks],
                           observers=[terminology.observe, *observers], terminology=terminology,
                           page_size=settings.default_page_size, max_page_size=settings.max_page_size,
                           audit_journal=settings.data_dir / "audit-journal")

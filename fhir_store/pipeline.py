@@ -30,6 +30,10 @@ class Caller:
     role: str | None = None  # a user's role
     scope: str = ""  # the SMART scopes granted, space-separated
     address: str | None = None  # where the request came from
+    #: A partner hospital's client acts for that facility: its facility code and its Organization here
+    #: ("Organization/12"). None for the hospital's own staff and jobs.
+    facility: str | None = None
+    organization: str | None = None
 
 
 @dataclass
@@ -51,6 +55,9 @@ class Interaction:
     address: str | None = None
     #: For `search-compartment`: the compartment (`("Patient", "1")`); `resource_type` is the type searched.
     compartment: tuple[str, str] | None = None
+    #: Set by an interceptor to narrow a search: only resources whose index holds one of the values under
+    #: one of the keys (`{"owner": ["Organization/12"], "requester": [...]}`) are found.
+    within: Mapping[str, Sequence[str]] | None = None
     #: The batch or transaction this interaction is an entry of, and its index there.
     bundle: Interaction | None = None
     entry: int | None = None

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import copy
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -202,12 +202,15 @@ class FhirStore:
 
     async def search(self, resource_type: str | None, query: Sequence[tuple[str, str]], *, base: str | None = None,
                      strict: bool = False, compartment: tuple[str, str] | None = None,
+                     within: Mapping[str, Sequence[str]] | None = None,
                      session: AsyncClientSession | None = None) -> SearchResult:
         """Search as a client asks: `resource_type` None searches the types `_type` names (or all).
 
         `query` is the request's parameters as sent; `base` is this server's base URL (absolute
         references to it match relative ones); `strict` refuses unknown parameters (Prefer:
-        handling=strict); `compartment` = ("Patient", id) limits the search to that compartment.
+        handling=strict); `compartment` = ("Patient", id) limits the search to that compartment;
+        `within` narrows it to resources whose index holds one of the values under one of the keys
+        (`Interaction.within`: what access control allows a caller to see).
         """
         pairs = list(query)
         types = [resource_type] if resource_type else _named_types(pairs)
@@ -219,8 +222,8 @@ class FhirStore:
             if types != [AUDIT_EVENT]:
                 raise InvalidSearch("AuditEvent is searched on its own, not with other types")
             await self.audit_trail.flush()  # what this process recorded is searchable at once
-            return await self._audit_engine.search(request, compartment=compartment, session=session)
-        return await self._engine.search(request, compartment=compartment, session=session)
+            return await self._audit_engine.search(request, compartment=compartment, within=within, session=session)
+        return await self._engine.search(request, compartment=compartment, within=within, session=session)
 
     async def explain(self, resource_type: str, query: Sequence[tuple[str, str]]) -> dict[str, Any]:
         """The database's plan for a search (tests check that the intended index drives it)."""

@@ -263,7 +263,7 @@ class BundleProcessor:
             page = await store.history(path[0], path[1], session=session)
             return Outcome(200, history_bundle(base, page.versions, {"self": f"{base}/{entry.url}"}))
         if it.kind == "search-type":
-            result = await store.search(path[0], it.query, base=base, session=session)
+            result = await store.search(path[0], it.query, base=base, within=it.within, session=session)
             links = page_links(f"{base}/{path[0]}", it.query, result.next_cursor, result.previous_cursor)
             return Outcome(200, searchset_bundle(base, result, links))
         raise InvalidRequest(f"GET {entry.url} is not a read, vread, history or search this server answers")

@@ -22,6 +22,7 @@ from security.accounts import AccountError, Accounts, Client, User, normalise_us
 from security.audit import AuditRecorder
 from security.authentication import Authenticator
 from security.authorisation import Authoriser
+from security.confinement import FACILITY_SYSTEM, PARTNER_SCOPE, Confinement, partner_writes
 from security.passwords import WeakPassword, check_strength
 from security.roles import ROLES, Role, role
 from security.scopes import Scope, ScopeError, parse_scopes
@@ -30,9 +31,10 @@ from security.throttle import Throttle
 from security.tokens import InvalidToken, Subject, TokenPair, TokenService
 
 __all__ = [
-    "ROLES", "AccountError", "Accounts", "Client", "InvalidToken", "Role", "Scope", "ScopeError", "Security",
-    "SignIn", "SignInRefused", "Subject", "TokenPair", "TokenService", "User", "WeakPassword", "check_strength",
-    "normalise_username", "parse_scopes", "role", "server_secret",
+    "FACILITY_SYSTEM", "PARTNER_SCOPE", "ROLES", "AccountError", "Accounts", "Client", "InvalidToken", "Role",
+    "Scope", "ScopeError", "Security", "SignIn", "SignInRefused", "Subject", "TokenPair", "TokenService", "User",
+    "WeakPassword", "check_strength", "normalise_username", "parse_scopes", "partner_writes", "role",
+    "server_secret",
 ]
 
 
@@ -51,7 +53,11 @@ def server_secret(configured: str | None, data_dir: Path) -> bytes:
 
 @dataclass
 class Security:
-    """Everything sign-in and access control need, built once per process by the composition root."""
+    """Everything sign-in and access control need, built once per process by the composition root.
+
+    The store is built first, with `partner_writes` among its write checks: the write side of a partner
+    client's confinement, which must see each resource as it will be stored.
+    """
 
     accounts: Accounts
     tokens: TokenService
@@ -72,6 +78,7 @@ class Security:
             AuditRecorder(store.audit_trail, store.patients_of, site=site, observer=source.observer),
             Authenticator(tokens),
             Authoriser(lambda: store.registry),
+            Confinement(store),
         ]
         return cls(accounts, tokens, throttle, signin, interceptors)
 

@@ -50,10 +50,13 @@ class Client:
     scopes: tuple[Scope, ...]
     disabled: bool
     created: datetime
+    facility: str | None = None  # a partner hospital's client: the facility it acts for (`confinement.py`)
+    organization: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"client_id": self.client_id, "name": self.name, "scope": " ".join(map(str, self.scopes)),
-                "disabled": self.disabled, "created": self.created.isoformat()}
+        found = {"client_id": self.client_id, "name": self.name, "scope": " ".join(map(str, self.scopes)),
+                 "disabled": self.disabled, "created": self.created.isoformat()}
+        return found | ({"facility": self.facility, "organization": self.organization} if self.facility else {})
 
 
 def normalise_username(username: str) -> str:
@@ -70,7 +73,7 @@ def _user(doc: dict[str, Any]) -> User:
 
 def _client(doc: dict[str, Any]) -> Client:
     return Client(doc["_id"], doc["name"], tuple(parse_scopes(doc["scope"])), bool(doc.get("disabled")),
-                  doc["created"])
+                  doc["created"], doc.get("facility"), doc.get("organization"))
 
 
 class Accounts:
@@ -145,15 +148,25 @@ class Accounts:
 
     # ---- clients ------------------------------------------------------------------------------
 
-    async def add_client(self, name: str, scope: str) -> tuple[Client, str]:
-        """A new system client; returns it with its secret, which is never shown again."""
+    async def add_client(self, name: str, scope: str, *, facility: str | None = None,
+                         organization: str | None = None) -> tuple[Client, str]:
+        """A new system client; returns it with its secret, which is never shown again.
+
+        A partner hospital's client names the `facility` it acts for and that facility's `organization`
+        here ("Organization/12"): it is then confined to its exchange with us (`confinement.py`).
+        """
         scopes = parse_scopes(scope)
         if not scopes or any(s.context != "system" for s in scopes):
             raise AccountError("A client's scopes are system scopes, e.g. --scope 'system/Task.cru system/Patient.r'")
+        if (facility is None) != (organization is None) or (organization and not organization.startswith(
+                "Organization/")):
+            raise AccountError("A partner client names both its facility code and its Organization/id here")
         client_id = secrets.token_urlsafe(12)
         secret = secrets.token_urlsafe(32)
         doc = {"_id": client_id, "name": name, "scope": " ".join(map(str, scopes)), "hash": hash_password(secret),
                "disabled": False, "created": now()}
+        if facility:
+            doc |= {"facility": facility, "organization": organization}
         await self.clients.insert_one(doc)
         return _client(doc), secret
 

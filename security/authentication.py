@@ -37,4 +37,5 @@ class Authenticator:
         except InvalidToken as exc:
             raise Unauthorized(f"The access token is refused: {exc}") from None
         subject = claims.subject
-        return Caller(subject.kind, subject.id, subject.role, subject.scope, address)
+        return Caller(subject.kind, subject.id, subject.role, subject.scope, address, subject.facility,
+                      subject.organization)

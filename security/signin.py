@@ -104,8 +104,8 @@ class SignIn:
             await self._record(client_id, "client", None, address, 401, "unknown client, wrong secret or disabled")
             raise SignInRefused("invalid_client", "The client is unknown or disabled, or the secret is wrong", 401)
         scopes = _granted(client.scopes, scope)
-        pair = await self.tokens.issue(Subject("client", client.client_id, None, " ".join(map(str, scopes))),
-                                       refresh=False)
+        pair = await self.tokens.issue(Subject("client", client.client_id, None, " ".join(map(str, scopes)),
+                                               client.facility, client.organization), refresh=False)
         await self._record(client.client_id, "client", None, address, 200, None)
         return pair
 

@@ -57,6 +57,8 @@ class Subject:
     id: str
     role: str | None
     scope: str
+    facility: str | None = None  # a partner hospital's client: its facility code
+    organization: str | None = None  # and its Organization here ("Organization/12")
 
     @property
     def sub(self) -> str:
@@ -162,6 +164,8 @@ class TokenService:
         ttl = int(self.access_ttl.total_seconds())
         claims = {"iss": self.issuer, "sub": subject.sub, "iat": issued, "exp": issued + ttl,
                   "jti": secrets.token_urlsafe(12), "scope": subject.scope, "role": subject.role}
+        if subject.facility:
+            claims |= {"facility": subject.facility, "organization": subject.organization}
         access = jwt.encode({"alg": ALGORITHM, "kid": key.kid}, claims, key, algorithms=[ALGORITHM])
         refresh_token = None
         if refresh:
@@ -213,7 +217,8 @@ class TokenService:
         if c.get("iss") != self.issuer or not isinstance(c.get("sub"), str) or "/" not in c["sub"]:
             raise InvalidToken("the access token was not issued by this server")
         kind, _, ident = c["sub"].partition("/")
-        return Claims(Subject(kind, ident, c.get("role"), str(c.get("scope", ""))), str(c.get("jti", "")),
+        return Claims(Subject(kind, ident, c.get("role"), str(c.get("scope", "")), c.get("facility"),
+                              c.get("organization")), str(c.get("jti", "")),
                       float(c.get("iat", 0)), float(c.get("exp", 0)))
 
     @staticmethod

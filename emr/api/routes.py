@@ -205,7 +205,7 @@ async def _history(call: Call) -> Response:
 async def _search(call: Call, query: list[tuple[str, str]], *, resource_type: str | None = None,
                   compartment: tuple[str, str] | None = None) -> Response:
     result = await call.store.search(resource_type or call.it.resource_type, query, base=call.base,
-                                     strict=http.strict(call), compartment=compartment)
+                                     strict=http.strict(call), compartment=compartment, within=call.it.within)
     path = call.base + call.request.url.path.removeprefix("/fhir").rstrip("/")
     if call.request.method == "POST":
         path = path.removesuffix("/_search")

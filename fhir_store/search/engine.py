@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -192,7 +192,8 @@ class SearchEngine:
 
     async def queries(self, request: SearchRequest, issues: list[Issue],
                       compartment: tuple[str, str] | None = None,
-                      session: AsyncClientSession | None = None) -> list[TypeQuery]:
+                      session: AsyncClientSession | None = None,
+                      within: Mapping[str, Sequence[str]] | None = None) -> list[TypeQuery]:
         builder = QueryBuilder(self.registry, self.resources, request.local_base, session=session,
                                terminology=self.terminology, collection_of=self.collection_of)
         queries = await builder.build(request.types, request.criteria, strict=request.strict, issues=issues)
@@ -201,6 +202,11 @@ class SearchEngine:
             for query in queries:
                 compartment_params(compartment[0], query.resource_type)  # unknown compartment: 400
                 query.clauses.append(Clause({"cp": owner}, {"cp": owner}))
+        if within is not None:
+            narrowed: Filter = {"$or": [{f"ix.{key}": {"$in": list(values)}} for key, values in within.items()]
+                                or [{"_id": {"$in": []}}]}  # nothing allowed: nothing found
+            for query in queries:
+                query.clauses.append(Clause(narrowed))
         return queries
 
     async def matching(self, request: SearchRequest, *, limit: int,
@@ -217,9 +223,10 @@ class SearchEngine:
         return [doc["id"] async for doc in cursor]
 
     async def search(self, request: SearchRequest, *, compartment: tuple[str, str] | None = None,
+                     within: Mapping[str, Sequence[str]] | None = None,
                      session: AsyncClientSession | None = None) -> SearchResult:
         issues: list[Issue] = []
-        queries = await self.queries(request, issues, compartment, session)
+        queries = await self.queries(request, issues, compartment, session, within)
         if request.summary == "count" or request.count == 0:  # `_count=0`: how many, and nothing else
             return SearchResult([], [], await self._count(queries, session), None, None, issues, request.summary)
         sort = request.sort if any(k == "_id" for k, _ in request.sort) else [*request.sort, ("_id", ASCENDING)]
