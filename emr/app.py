@@ -18,6 +18,7 @@ from emr.api.bulk_export import router as bulk_export_router
 from emr.api.context import ApiServices
 from emr.api.formats import is_pretty
 from emr.api.headers import install_headers
+from emr.api.request_log import RequestLog
 from emr.api.responses import ApiError, outcome_response
 from emr.api.routes import router
 from emr.api.terminology import router as terminology_router
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None, *, interceptors: Sequence[Inter
     app.include_router(terminology_router)
     app.include_router(router)
     _install_error_handlers(app)
+    app.add_middleware(RequestLog)
     install_headers(app, settings)
     return app
 
@@ -73,6 +75,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StoreError)
     async def store_error(request: Request, exc: StoreError) -> Response:
+        request.state.reason = str(exc)
         headers = {"ETag": f'W/"{exc.version_id}"'} if isinstance(exc, ResourceGone) else None
         if exc.status in (401, 403):  # RFC 6750 §3: what the client should do about it
             error = "invalid_token" if exc.status == 401 else "insufficient_scope"
@@ -85,6 +88,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:
+        request.state.reason = "; ".join(i.diagnostics for i in exc.issues if i.diagnostics)
         return outcome_response(exc.status, exc.issues, pretty=is_pretty(request))
 
     @app.exception_handler(StarletteHTTPException)
@@ -95,13 +99,14 @@ def _install_error_handlers(app: FastAPI) -> None:
             message = f"No FHIR interaction at {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"{request.method} is not supported at {request.url.path}"
+        request.state.reason = message
         return outcome_response(exc.status_code, [Issue(code, message)], pretty=is_pretty(request))
 
     @app.exception_handler(RequestValidationError)
     async def request_error(request: Request, exc: RequestValidationError) -> Response:
         return outcome_response(400, [Issue("invalid", str(exc))], pretty=is_pretty(request))
 
-    @app.exception_handler(Exception)
+    @app.exception_handler(Exception)  # the last resort: a failure outside `RequestLog`, which answers the rest
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return outcome_response(500, [Issue("exception", "Internal server error; the details are in the server log")])

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 import typer
 
+from emr import __version__
 from emr.commands import clients_command, export_command, keys_command, terminology_command, users_command
 from emr.commands.import_command import import_
 from emr.settings import get_settings
@@ -28,8 +32,29 @@ def serve(
     from emr.app import create_app
 
     settings = get_settings()
-    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
-                log_level="info", proxy_headers=True)
+    _log_to_stderr()
+    where = host or settings.host, port or settings.port
+    database = settings.mongodb_uri and _without_password(settings.mongodb_uri) or \
+        f"the embedded database (python -m emr.embedded_db) in {settings.data_dir.resolve() / 'db'}"
+    logging.getLogger("emr").info("An Giang EMR %s on http://%s:%d/fhir; facility %s; database %s", __version__,
+                                  *where, settings.facility_code or "not set (EMR_FACILITY_CODE)", database)
+    # Our own request log (emr.request: request id, status, time, the reason for a 4xx) replaces uvicorn's.
+    uvicorn.run(create_app(settings), host=where[0], port=where[1], log_level="info", proxy_headers=True,
+                access_log=False)
+
+
+def _log_to_stderr() -> None:
+    """The `emr` loggers at INFO on standard error, in lines an IT person can read and grep."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    emr_log = logging.getLogger("emr")
+    emr_log.addHandler(handler)
+    emr_log.setLevel(logging.INFO)
+    emr_log.propagate = False
+
+
+def _without_password(uri: str) -> str:
+    return re.sub(r"//[^@/]*@", "//***@", uri)
 
 
 # Commands that live in their own modules (one module per command), registered here.

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     #: Origins (scheme://host[:port]) of the browser terminals allowed to call the API from another origin
     #: (CORS), comma-separated or a JSON list. Empty: no CORS headers at all, so browsers allow same-origin only.
     cors_origins: Annotated[list[str], NoDecode] = []
+    #: When the database acknowledges a write (every resource write and transaction commit):
+    #: `majority` — on disk in its journal, and on a majority of a replica set's members (on a single
+    #: server, its own journal); `journaled` — in the journal of the server written to (a replica set's
+    #: primary alone); `fast` — in memory only: an answered write can be lost if the database process
+    #: dies, so only for throw-away copies, never for patient records.
+    write_concern: Literal["majority", "journaled", "fast"] = "majority"
     host: str = "127.0.0.1"
     port: int = 8080
 

@@ -44,10 +44,15 @@ class VersionReader:
         doc = await self.resources.find_one({"_id": current_key(resource_type, resource_id)}, session=session)
         return version_from_document(doc) if doc is not None else None
 
-    async def vread(self, resource_type: str, resource_id: str, version_id: int,
+    async def vread(self, resource_type: str, resource_id: str, version_id: int | str,
                     *, session: AsyncClientSession | None = None) -> Version:
+        """One version; `version_id` as a client wrote it ("3") or as a number."""
         check_type(resource_type)
         check_id(resource_id)
+        if isinstance(version_id, str):
+            if not (version_id.isascii() and version_id.isdigit()) or len(version_id) > 18:  # no version is higher
+                raise ResourceNotFound(f"Version '{version_id}' does not exist: version ids are whole numbers")
+            version_id = int(version_id)
         doc = await self.resources.find_one(
             {"_id": current_key(resource_type, resource_id), "vid": version_id}, session=session)
         if doc is None:

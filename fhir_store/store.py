@@ -269,7 +269,7 @@ class FhirStore:
         """The current version; ResourceGone if the latest version is a deletion."""
         return await self._reader_of(resource_type).read(resource_type, resource_id, session=session)
 
-    async def vread(self, resource_type: str, resource_id: str, version_id: int,
+    async def vread(self, resource_type: str, resource_id: str, version_id: int | str,
                     *, session: AsyncClientSession | None = None) -> Version:
         return await self._reader_of(resource_type).vread(resource_type, resource_id, version_id, session=session)
 

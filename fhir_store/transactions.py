@@ -256,8 +256,8 @@ class BundleProcessor:
             if entry.not_modified(version):
                 return Outcome(304, version=version)
             return Outcome(200, version.resource, version)
-        if it.kind == "vread" and path[3].isdigit():
-            version = await store.vread(path[0], path[1], int(path[3]), session=session)
+        if it.kind == "vread":
+            version = await store.vread(path[0], path[1], path[3], session=session)
             return Outcome(200, version.resource, version)
         if it.kind == "history-instance":
             page = await store.history(path[0], path[1], session=session)

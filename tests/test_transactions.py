@@ -295,3 +295,19 @@ def test_limits(small_server: httpx.Client) -> None:
     too_big = bundle("transaction", post({"resourceType": "Basic", "code": {"text": "x" * 30_000}}))
     assert send(small_server, too_big).status_code == 413
     assert small_server.get("/Basic").json().get("entry") is None
+
+
+def test_entries_naming_a_version_that_is_no_number_answer_404_not_500(fhir: httpx.Client) -> None:
+    pid = fhir.post("/Patient", json={"resourceType": "Patient"}, headers=JSON).json()["id"]
+    for kind in ("batch", "transaction"):
+        for version in ("²", "99999999999999999999999", "x"):
+            answer = fhir.post("/", headers=JSON, json={"resourceType": "Bundle", "type": kind, "entry": [
+                {"request": {"method": "GET", "url": f"Patient/{pid}/_history/{version}"}}]})
+            if kind == "batch":
+                assert answer.status_code == 200, answer.text
+                entry = answer.json()["entry"][0]["response"]
+                assert entry["status"].startswith("404") and "whole numbers" in json.dumps(entry["outcome"])
+            else:
+                assert answer.status_code == 404, answer.text
+                assert "whole numbers" in answer.text
+    assert fhir.get(f"/Patient/{pid}/_history/%C2%B2").status_code == 404
