@@ -9,6 +9,7 @@ Heavy imports happen inside the commands so that `emr --help` stays fast.
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from typing import TYPE_CHECKING, Annotated
@@ -37,8 +38,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JS
 def _read_password(command: str) -> str:
     """The new password: the first line of standard input when it is not a terminal, else asked twice."""
     if not sys.stdin.isatty():
-        line = sys.stdin.readline()
-        password = line.removesuffix("\n").removesuffix("\r")
+        password = _first_line().removesuffix("\r")
         if not password:
             raise fail(f"users {command}", "no password on standard input (the first line is the password)")
         return password
@@ -48,6 +48,15 @@ def _read_password(command: str) -> str:
         if first == again:
             return str(first)
         typer.echo("The two passwords differ; type them again.", err=True)
+
+
+def _first_line() -> str:
+    """One line of standard input and not a byte more (a buffered read would take the lines after it from
+    the next program of a script, e.g. the README's sign-in that reads the password again)."""
+    data = bytearray()
+    while (byte := os.read(sys.stdin.fileno(), 1)) and byte != b"\n":
+        data += byte
+    return data.decode("utf-8", "replace")
 
 
 def _checked_password(command: str, username: str) -> str:
