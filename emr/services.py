@@ -37,7 +37,10 @@ async def open_services(settings: Settings, *, write_checks: Sequence[WriteCheck
         store = FhirStore(db, write_checks=[terminology.check_codings, partner_writes, *write_checks],
                           observers=[terminology.observe, *observers], terminology=terminology,
                           page_size=settings.default_page_size, max_page_size=settings.max_page_size,
-                          audit_journal=settings.data_dir / "audit-journal")
+                          audit_journal=settings.data_dir / "audit-journal",
+                          max_string_chars=settings.max_string_chars,
+                          max_short_string_chars=settings.max_short_string_chars,
+                          search_time_limit=settings.search_time_limit)
         security = Security.build(
             db, store, secret=lambda: server_secret(settings.secret_key, settings.data_dir),
             issuer=f"urn:angiang-emr:{settings.database}", site=settings.facility_code or "An Giang EMR",

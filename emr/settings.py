@@ -8,7 +8,7 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -31,6 +31,15 @@ class Settings(BaseSettings):
     max_page_size: int = 1000
     #: Most entries a batch or transaction Bundle may carry (413 above it).
     max_bundle_entries: int = 5000
+    #: Longest text value of a resource's `string` elements, in characters (413 above it): FHIR's own 1 MiB.
+    #: `markdown`, `base64Binary` (attachments) and the narrative are bounded by the resource's size alone.
+    max_string_chars: Annotated[int, Field(gt=0)] = 1024 * 1024
+    #: Longest value of an identifying element (names, identifiers, phone numbers, addresses, codings' codes
+    #: and displays, and every `code`, `id` and `uri`), in characters (413 above it).
+    max_short_string_chars: Annotated[int, Field(gt=0)] = 4096
+    #: Seconds the database may spend on each query of one search (MongoDB's `maxTimeMS`) before it stops it
+    #: and the client is told to narrow the search (400). Bulk export and import are not limited.
+    search_time_limit: Annotated[float, Field(gt=0)] = 10.0
     #: The longest a bulk export waits, after its transaction time, for the writes in flight then to land
     #: (usually milliseconds: the store's write horizon says when; MongoDB aborts transactions after 60 s).
     export_settle_seconds: float = 65.0

@@ -30,6 +30,7 @@ from fhir_store.fhir_json import loads as load_json
 from fhir_store.hooks import WriteCheck, WriteContext, WriteObserver
 from fhir_store.instants import format_instant, now, parse_instant
 from fhir_store.model import HistoryCursor, HistoryPage, Version, WriteResult
+from fhir_store.params import whole_number
 from fhir_store.pipeline import Caller, Interaction, Interceptor, Pipeline, Result
 from fhir_store.pipeline import R as ResultT
 from fhir_store.r4 import r4_differences, r4_problem
@@ -56,5 +57,5 @@ __all__ = [
     "WriteObserver", "WriteResult", "compartment_definitions", "dump_json", "etag", "format_instant",
     "history_bundle", "known_resource_types", "load_json", "load_registry", "load_terminology", "not_modified",
     "now", "operation_outcome", "page_links", "parse_if_match", "parse_instant", "r4_differences", "r4_problem",
-    "read_terminology_source", "searchset_bundle"
+    "read_terminology_source", "searchset_bundle", "whole_number"
 ]

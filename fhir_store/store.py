@@ -67,7 +67,13 @@ from fhir_store.search.engine import SearchEngine, SearchRequest, SearchResult, 
 from fhir_store.search.indexing import indexer, patient_references
 from fhir_store.search.query import Terminology
 from fhir_store.search.registry import Registry, load_registry
-from fhir_store.validation import nfc_resource, validate_resource
+from fhir_store.validation import (
+    MAX_SHORT_STRING_CHARS,
+    MAX_STRING_CHARS,
+    ElementLimits,
+    nfc_resource,
+    validate_resource,
+)
 
 Criteria = tuple[tuple[str, str], ...]
 
@@ -75,6 +81,8 @@ Criteria = tuple[tuple[str, str], ...]
 _MAX_ATTEMPTS = 20
 # A conditional-create lease older than this is presumed to belong to a dead process.
 _CLAIM_LEASE = timedelta(seconds=30)
+#: Seconds the database may spend on one aggregation of a search before it stops it (`maxTimeMS`).
+SEARCH_TIME_LIMIT = 10.0
 
 
 def parse_criteria(query: str) -> Criteria:
@@ -127,12 +135,17 @@ class FhirStore:
     so a transaction Bundle can run many interactions in one MongoDB
     transaction; write methods take the `caller`, which the hooks see, and the
     `base` the client used for this server: references to it are stored relative.
+    The limits on text values (`max_string_chars`, `max_short_string_chars`, see
+    `validation.py`) hold for every write, and `search_time_limit` (seconds, None
+    for none) for every search but an export's.
     """
 
     def __init__(self, db: AsyncDatabase[Document], *, registry: Registry | None = None,
                  write_checks: Sequence[WriteCheck] = (), observers: Sequence[WriteObserver] = (),
                  terminology: Terminology | None = None, page_size: int = 50, max_page_size: int = 1000,
-                 audit_journal: Path | None = None) -> None:
+                 audit_journal: Path | None = None, max_string_chars: int = MAX_STRING_CHARS,
+                 max_short_string_chars: int = MAX_SHORT_STRING_CHARS,
+                 search_time_limit: float | None = SEARCH_TIME_LIMIT) -> None:
         self.db = db
         self.resources = db["resources"]
         self.history_versions = db["history"]
@@ -141,6 +154,8 @@ class FhirStore:
         self._terminology = terminology
         self.page_size = page_size
         self.max_page_size = max_page_size
+        self._limits = ElementLimits(max_string_chars, max_short_string_chars)
+        self._search_time_limit = search_time_limit
         self._reader = VersionReader(db)
         self._write_checks = tuple(write_checks)
         self._observers = tuple(observers)
@@ -163,11 +178,13 @@ class FhirStore:
 
     @cached_property
     def _engine(self) -> SearchEngine:
-        return SearchEngine(self.registry, self.resources, self._terminology, self._collection_of)
+        return SearchEngine(self.registry, self.resources, self._terminology, self._collection_of,
+                            self._search_time_limit)
 
     @cached_property
     def _audit_engine(self) -> SearchEngine:
-        return SearchEngine(self.registry, self.audit_trail.collection, self._terminology, self._collection_of)
+        return SearchEngine(self.registry, self.audit_trail.collection, self._terminology, self._collection_of,
+                            self._search_time_limit)
 
     def _collection_of(self, resource_type: str) -> AsyncCollection[Document]:
         return self.audit_trail.collection if resource_type == AUDIT_EVENT else self.resources
@@ -470,12 +487,11 @@ class FhirStore:
                 raise VersionConflict(_stale(resource_type, resource_id, if_match, None))
         raise TooManyRequests(f"{resource_type}/{resource_id} is being changed by others; try again")
 
-    @staticmethod
-    def _valid(resource: Any, resource_type: str | None, base: str | None) -> dict[str, Any]:
+    def _valid(self, resource: Any, resource_type: str | None, base: str | None) -> dict[str, Any]:
         """A valid resource, NFC, its references to this server (`base`, the request's) made relative."""
         if isinstance(resource, dict):
             _not_audit(resource_type or resource.get("resourceType"))
-        return localise(validate_resource(resource, expected_type=resource_type), base)
+        return localise(validate_resource(resource, expected_type=resource_type, limits=self._limits), base)
 
     def _context(self, session: AsyncClientSession | None, caller: Caller | None) -> WriteContext:
         return WriteContext(session, caller, self._reader)

@@ -17,17 +17,29 @@ database, however deep it hides; nesting is bounded (`MAX_DEPTH`), and so is
 each array (`MAX_ARRAY_ITEMS`), so a hostile body is refused at once rather
 than after seconds of model validation. Last, the resource must fit a MongoDB
 document with room for its search index (`MAX_RESOURCE_BYTES`).
+
+Each text value has a length limit too (`ElementLimits`), checked in the same
+typed walk as the required codes, since only the model knows an element's type:
+FHIR caps a `string` at 1 MiB, and identifying elements (names, identifiers,
+phone numbers, addresses, codes, ids, URIs) get a much smaller one, because a
+name of megabytes is an attack, not a name, and it would be indexed and shown
+on every ward terminal. Types large by nature (`markdown`, `base64Binary` such
+as `Attachment.data`, the narrative's xhtml) are bounded by the resource size
+alone.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import typing
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import bson
+from fhir.resources.R4B.fhirprimitiveextension import FHIRPrimitiveExtension
 from pydantic import BaseModel, ValidationError
 
 from fhir_store.errors import InvalidResource, Issue, PayloadTooLarge, UnknownResourceType
@@ -44,13 +56,44 @@ MAX_RESOURCE_BYTES = 12 * 1024 * 1024
 _ELEMENT_NAME = re.compile(r"_?[A-Za-z][A-Za-z0-9]{0,127}")
 #: Shape problems reported at most (one hostile body could otherwise fill the answer with them).
 _MAX_SHAPE_ISSUES = 20
+#: The longest `string` value, in characters: FHIR's own limit ("SHALL NOT exceed 1,048,576 characters").
+MAX_STRING_CHARS = 1024 * 1024
+#: The longest value of an identifying element (see `_SHORT_ELEMENTS`, `_SHORT_TYPES`).
+MAX_SHORT_STRING_CHARS = 4096
+#: Primitive types whose values are identifiers, never prose: each value is short.
+_SHORT_TYPES = frozenset({"code", "id", "uri", "url", "canonical", "oid", "uuid"})
+#: `string` elements that identify or address someone or something, kept short like the types above.
+_SHORT_ELEMENTS = frozenset({
+    "HumanName.family", "HumanName.given", "HumanName.prefix", "HumanName.suffix", "HumanName.text",
+    "Identifier.value", "ContactPoint.value", "Coding.display", "Coding.version", "Reference.reference",
+    "Address.line", "Address.city", "Address.district", "Address.state", "Address.postalCode", "Address.country",
+    "Address.text",
+})
+# How long a value of an element may be: the limits' `chars` (ordinary `string`), their `short_chars`, or no
+# limit of its own (`markdown`, `base64Binary`, xhtml, and elements that are not text).
+_ORDINARY, _SHORT, _UNBOUNDED = 0, 1, 2
 
-# Per model class: (attribute name, JSON name, allowed codes or None) of each element field.
-_FieldPlan = tuple[tuple[str, str, frozenset[str] | None], ...]
+
+@dataclass(frozen=True)
+class ElementLimits:
+    """The longest text value an element may hold, in characters (the store's configuration)."""
+
+    chars: int = MAX_STRING_CHARS
+    short_chars: int = MAX_SHORT_STRING_CHARS
+
+    def of(self, kind: int) -> int | None:
+        return (self.chars, self.short_chars, None)[kind]
+
+
+DEFAULT_LIMITS = ElementLimits()
+
+# Per model class: (attribute name, JSON name, allowed codes or None, length kind) of each element field.
+_FieldPlan = tuple[tuple[str, str, frozenset[str] | None, int], ...]
 _plans: dict[type[BaseModel], _FieldPlan] = {}
 
 
-def validate_resource(data: Any, *, expected_type: str | None = None) -> dict[str, Any]:
+def validate_resource(data: Any, *, expected_type: str | None = None,
+                      limits: ElementLimits = DEFAULT_LIMITS) -> dict[str, Any]:
     """Check `data` and return it with every string NFC-normalised.
 
     The returned dict is the client's JSON (not a model dump), so what is read
@@ -80,10 +123,13 @@ def validate_resource(data: Any, *, expected_type: str | None = None) -> dict[st
     except ValidationError as exc:
         issues = [_issue_from_pydantic(resource_type, err) for err in exc.errors()]
         raise InvalidResource(f"{resource_type} failed validation: {issues[0].diagnostics}", issues) from None
-    issues = []
-    _check_required_codes(model, resource_type, issues)
-    if issues:
-        raise InvalidResource(f"{resource_type} failed validation: {issues[0].diagnostics}", issues)
+    wrong_codes: list[Issue] = []
+    too_long: list[Issue] = []
+    _check_elements(model, resource_type, limits, wrong_codes, too_long)
+    if too_long:
+        raise PayloadTooLarge(f"{resource_type} is too large: {too_long[0].diagnostics}", too_long + wrong_codes)
+    if wrong_codes:
+        raise InvalidResource(f"{resource_type} failed validation: {wrong_codes[0].diagnostics}", wrong_codes)
     _check_size(resource, resource_type)
     return resource
 
@@ -204,27 +250,59 @@ def _plan(cls: type[BaseModel]) -> _FieldPlan:
     plan = _plans.get(cls)
     if plan is None:
         bindings = _required_bindings()
-        entries = []
+        entries: list[tuple[str, str, frozenset[str] | None, int]] = []
         for name, info in cls.model_fields.items():
             extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-            if not extra.get("element_property") or name.endswith("__ext"):
-                continue
-            entries.append((name, info.alias or name, bindings.get(f"{cls.__name__}.{name}")))
+            if name.endswith("__ext"):  # `_family`: the primitive's id and extensions, walked like any element
+                entries.append((name, info.alias or name, None, _UNBOUNDED))
+            elif extra.get("element_property") or (cls is FHIRPrimitiveExtension and name in ("id", "extension")):
+                element = f"{cls.__name__}.{name}"
+                entries.append((name, info.alias or name, bindings.get(element), _length_kind(element, name, info)))
         plan = _plans[cls] = tuple(entries)
     return plan
 
 
-def _check_required_codes(model: BaseModel, path: str, issues: list[Issue]) -> None:
-    for attr, json_name, allowed in _plan(type(model)):
+def _length_kind(element: str, name: str, info: Any) -> int:
+    kind = _primitive_type(info.annotation)
+    if kind in _SHORT_TYPES or (kind == "string" and (element in _SHORT_ELEMENTS or name == "id")):  # Element.id
+        return _SHORT
+    return _ORDINARY if kind == "string" else _UNBOUNDED
+
+
+def _primitive_type(annotation: Any) -> str | None:
+    """The FHIR primitive type (`string`, `code`, `markdown`, …) a field holds, from the models' annotations
+    (`List[Annotated[str, String()] | None] | None`); None for a complex type."""
+    stack = [annotation]
+    while stack:
+        hint = stack.pop()
+        for meta in getattr(hint, "__metadata__", ()):  # Annotated[...]
+            name = getattr(meta, "__visit_name__", None)
+            if isinstance(name, str):
+                return name
+        stack.extend(typing.get_args(hint))
+    return None
+
+
+def _check_elements(model: BaseModel, path: str, limits: ElementLimits, issues: list[Issue],
+                    too_long: list[Issue]) -> None:
+    """Codes of required bindings and the length of each text value, in one walk of the validated model."""
+    for attr, json_name, allowed, kind in _plan(type(model)):
         value = getattr(model, attr, None)
         if value is None:
             continue
         items = value if isinstance(value, list) else [value]
         for i, item in enumerate(items):
-            item_path = f"{path}.{json_name}" + (f"[{i}]" if isinstance(value, list) else "")
             if isinstance(item, BaseModel):
-                _check_required_codes(item, item_path, issues)
-            elif allowed is not None and isinstance(item, str) and item not in allowed:
+                _check_elements(item, _item_path(path, json_name, value, i), limits, issues, too_long)
+            elif not isinstance(item, str):
+                continue
+            elif (limit := limits.of(kind)) is not None and len(item) > limit:
+                if len(too_long) < _MAX_SHAPE_ISSUES:
+                    item_path = _item_path(path, json_name, value, i)
+                    too_long.append(Issue("too-long", f"{item_path} is {len(item):,} characters long; it may be at "
+                                                      f"most {limit:,} (the limit)", expression=(item_path,)))
+            elif allowed is not None and item not in allowed:
+                item_path = _item_path(path, json_name, value, i)
                 shown = sorted(allowed)
                 codes = ", ".join(shown[:20]) + (", …" if len(shown) > 20 else "")
                 issues.append(Issue(
@@ -232,6 +310,10 @@ def _check_required_codes(model: BaseModel, path: str, issues: list[Issue]) -> N
                     f"{item_path}: '{item}' is not a code of the required value set ({codes})",
                     expression=(item_path,),
                 ))
+
+
+def _item_path(path: str, json_name: str, value: Any, i: int) -> str:
+    return f"{path}.{json_name}" + (f"[{i}]" if isinstance(value, list) else "")
 
 
 def nfc_resource(resource: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Generated hostile requests (schemathesis) against a real server: no request may make it answer 5xx.
+"""Generated hostile requests (schemathesis) against a real server: no 5xx, every error an OperationOutcome, no
+slow answer.
 
 The schema is the running server's own `/openapi.json`, fetched over HTTP. FastAPI
 cannot describe these routes fully by itself (each handler takes the raw `Request`,
@@ -11,13 +12,19 @@ JSON Patch and form bodies. Positive examples keep to what a client would send
 behind; negative examples break the schema anywhere. Every request carries a valid
 it-admin bearer token, so it gets past sign-in into the code that parses it.
 
-Bounded for CI: a fixed number of examples per operation, derandomised (the same
-requests every run), no deadline, no shrinking; about a minute on a quiet machine.
+Each answer is checked three ways: no server error (schemathesis' `not_a_server_error`),
+every error answer (4xx, 5xx) a FHIR OperationOutcome (but the token endpoints', which
+answer OAuth JSON errors as RFC 6749 says), and none slower than `SLOWEST` seconds.
+
+Bounded for CI: a fixed number of examples per operation (`POSITIVE`, `NEGATIVE`), one
+fixed seed (`SEED`: the same requests every run), no deadline, no shrinking; about a
+minute on a quiet machine.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +32,7 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
@@ -258,10 +265,16 @@ def test_the_schema_does_not_declare_its_path_parameters(raw_schema: dict[str, A
 
 #: Examples per operation: what the schema allows (positive) and what it does not (negative).
 POSITIVE, NEGATIVE = 25, 8
+#: The seed of the generated requests: every run sends the same ones.
+SEED = 17
+#: The slowest answer allowed, in seconds, however odd the request.
+SLOWEST = 5.0
+#: Paths whose errors are OAuth JSON (RFC 6749 §5.2), not OperationOutcomes.
+OAUTH_PATHS = ("/auth/",)
 
 
 def test_no_generated_request_gets_a_server_error(live: LiveServer, token: str, api_schema: Any) -> None:
-    """Every operation, POSITIVE + NEGATIVE requests, signed in: no 5xx (schemathesis' not_a_server_error).
+    """Every operation, POSITIVE + NEGATIVE requests, signed in: no 5xx, errors as OperationOutcomes, none slow.
 
     The operations run one by one under Hypothesis here rather than through `schema.parametrize()`: its
     fixture-loaded form does not work with this pytest (it reads `request.node._nodeid`, gone in pytest 9).
@@ -277,19 +290,39 @@ def test_no_generated_request_gets_a_server_error(live: LiveServer, token: str, 
             except Exception:  # noqa: BLE001 - nothing of this operation can be made invalid: no negative examples
                 continue
             fuzz(strategy, examples, live.url, headers, failures)
-    assert not failures, f"{len(failures)} requests got a server error:\n" + "\n".join(failures[:30])
+    assert not failures, f"{len(failures)} requests got a bad answer:\n" + "\n".join(failures[:30])
 
 
 def fuzz(strategy: Any, examples: int, base_url: str, headers: dict[str, str], failures: list[str]) -> None:
+    @seed(SEED)
     @given(case=strategy)
-    @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck), phases=[Phase.generate])
+    @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck),
+              phases=[Phase.generate])
     def run(case: schemathesis.Case) -> None:
         response = case.call(base_url=base_url, headers=headers, timeout=30)
+        problems = bad_answer(case.operation.path, case.method, response.status_code, response.content,
+                              response.elapsed)
         try:
             case.validate_response(response, checks=[not_a_server_error], headers=headers)
-        except FailureGroup:  # every failure is collected, then all are reported at once
-            failures.append(f"{case.operation.label}: {response.status_code}\n"
+        except FailureGroup:
+            problems.append("a server error")
+        if problems:  # every failure is collected, then all are reported at once
+            failures.append(f"{case.operation.label}: {response.status_code}, {'; '.join(problems)}\n"
                             f"  {case.as_curl_command(base_url=base_url)}\n  {response.text[:300]}")
 
     run()
+
+
+def bad_answer(path: str, method: str, status: int, body: bytes, seconds: float) -> list[str]:
+    """What is wrong with an answer besides a 5xx: an error that is not an OperationOutcome, slowness."""
+    problems = []
+    if seconds > SLOWEST:
+        problems.append(f"took {seconds:.1f} s (more than {SLOWEST:g} s)")
+    if status >= 400 and method.upper() != "HEAD" and not path.startswith(OAUTH_PATHS):
+        try:
+            outcome = json.loads(body)
+        except ValueError:
+            outcome = None
+        if not (isinstance(outcome, dict) and outcome.get("resourceType") == "OperationOutcome"):
+            problems.append("an error answer that is not an OperationOutcome")
+    return problems

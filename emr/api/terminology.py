@@ -17,7 +17,7 @@ from fastapi import APIRouter, Response
 from emr.api.context import Call
 from emr.api.responses import ApiError, fhir_response
 from emr.api.routing import operation
-from fhir_store import TerminologyService
+from fhir_store import TerminologyService, whole_number
 
 router = APIRouter(prefix="/fhir")
 
@@ -37,11 +37,7 @@ class OperationInput:
 
     def number(self, name: str) -> int | None:
         value = self.text(name)
-        if value is None:
-            return None
-        if not value.lstrip("-").isdigit():
-            raise ApiError(400, f"Parameter '{name}' must be a whole number; got '{value}'")
-        return int(value)
+        return None if value is None else whole_number(f"Parameter '{name}'", value)
 
     def flag(self, name: str) -> bool:
         value = self.text(name)

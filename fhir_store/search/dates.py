@@ -15,10 +15,12 @@ LOCAL_TZ = timezone(timedelta(hours=7), "ICT")
 MIN = datetime(1, 1, 1, tzinfo=UTC)
 MAX = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
+#: ASCII digits only (`re.ASCII`): `\d` alone would take "２０２０" or "٢٠٢٠", which `int()` then reads as 2020.
 _PATTERN = re.compile(
     r"(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
     r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?P<f>\.\d+)?)?"
-    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?",
+    re.ASCII,
 )
 
 

@@ -4,6 +4,9 @@ Paging is by keyset on the sort keys plus `_id` (never by offset), so a client
 walking `next` links through a result set that is growing meanwhile sees no
 entry twice and skips none that existed when it started. The cursor carries
 the last (or, for `previous`, the first) row's sort values.
+
+Each aggregation runs under the engine's `time_limit` (`query.aggregate`), but
+for an export's `_typeFilter` (`matching_ids`), which is long-running by design.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from fhir_store.model import Version
 from fhir_store.params import page_size
 from fhir_store.resource_types import resource_types
 from fhir_store.search.clauses import Clause, Filter, TypeQuery
-from fhir_store.search.query import QueryBuilder, Terminology, check_bounds, match_stages
+from fhir_store.search.query import QueryBuilder, Terminology, aggregate, check_bounds, match_stages
 from fhir_store.search.registry import Registry
 
 #: Query parameters that shape the result rather than select resources.
@@ -182,9 +185,12 @@ class SearchEngine:
 
     def __init__(self, registry: Registry, resources: AsyncCollection[dict[str, Any]],
                  terminology: Terminology | None = None,
-                 collection_of: Callable[[str], AsyncCollection[dict[str, Any]]] | None = None) -> None:
+                 collection_of: Callable[[str], AsyncCollection[dict[str, Any]]] | None = None,
+                 time_limit: float | None = None) -> None:
         self.registry = registry
         self.resources = resources
+        #: Seconds the database may spend on each aggregation of a search (None: no limit).
+        self.time_limit = time_limit
         #: The collection of each type for chains and `_has` (a type kept apart, such as AuditEvent).
         self.collection_of = collection_of
         #: Token `:in`, `:below`, … need the terminology service; without it they match as plain tokens.
@@ -193,9 +199,10 @@ class SearchEngine:
     async def queries(self, request: SearchRequest, issues: list[Issue],
                       compartment: tuple[str, str] | None = None,
                       session: AsyncClientSession | None = None,
-                      within: Mapping[str, Sequence[str]] | None = None) -> list[TypeQuery]:
+                      within: Mapping[str, Sequence[str]] | None = None, *,
+                      time_limit: float | None) -> list[TypeQuery]:
         builder = QueryBuilder(self.registry, self.resources, request.local_base, session=session,
-                               terminology=self.terminology, collection_of=self.collection_of)
+                               terminology=self.terminology, collection_of=self.collection_of, time_limit=time_limit)
         queries = await builder.build(request.types, request.criteria, strict=request.strict, issues=issues)
         if compartment is not None:
             owner = f"{compartment[0]}/{compartment[1]}"
@@ -212,21 +219,21 @@ class SearchEngine:
     async def matching(self, request: SearchRequest, *, limit: int,
                        session: AsyncClientSession | None = None) -> list[Version]:
         """Matches without paging or includes (conditional interactions)."""
-        stages = _match(await self.queries(request, [], session=session))
-        cursor = await self.resources.aggregate([*stages, {"$limit": limit}], session=session)
-        return [version_from_document(doc) async for doc in cursor]
+        stages = _match(await self.queries(request, [], session=session, time_limit=self.time_limit))
+        docs = await self._rows([*stages, {"$limit": limit}], session)
+        return [version_from_document(doc) for doc in docs]
 
     async def matching_ids(self, request: SearchRequest) -> list[str]:
         """The ids of every match, however many (an export's `_typeFilter`): no paging, ids only."""
-        stages = _match(await self.queries(request, []))
-        cursor = await self.resources.aggregate([*stages, {"$project": {"id": True}}])
-        return [doc["id"] async for doc in cursor]
+        stages = _match(await self.queries(request, [], time_limit=None))
+        docs = await aggregate(self.resources, [*stages, {"$project": {"id": True}}], session=None, time_limit=None)
+        return [doc["id"] for doc in docs]
 
     async def search(self, request: SearchRequest, *, compartment: tuple[str, str] | None = None,
                      within: Mapping[str, Sequence[str]] | None = None,
                      session: AsyncClientSession | None = None) -> SearchResult:
         issues: list[Issue] = []
-        queries = await self.queries(request, issues, compartment, session, within)
+        queries = await self.queries(request, issues, compartment, session, within, time_limit=self.time_limit)
         if request.summary == "count" or request.count == 0:  # `_count=0`: how many, and nothing else
             return SearchResult([], [], await self._count(queries, session), None, None, issues, request.summary)
         sort = request.sort if any(k == "_id" for k, _ in request.sort) else [*request.sort, ("_id", ASCENDING)]
@@ -237,7 +244,7 @@ class SearchEngine:
                       **self._include_projection(request)}
         pipeline = [*_match(queries, keyset), {"$sort": dict(run_sort)}, {"$limit": request.count + 1},
                     {"$project": projection}]
-        docs = [doc async for doc in await self.resources.aggregate(pipeline, session=session)]
+        docs = await self._rows(pipeline, session)
         more = len(docs) > request.count
         docs = docs[: request.count]
         if direction == "before":
@@ -273,7 +280,7 @@ class SearchEngine:
             rest.append({"_id": {"$gt": last[0]}})
         pipeline: list[Filter] = [{"$match": {"cp": owner}}, {"$match": {"$and": rest}}, {"$sort": {"_id": 1}},
                                   {"$limit": count + 1}, {"$project": {**VERSION_FIELDS, "ix": True}}]
-        docs = [doc async for doc in await self.resources.aggregate(pipeline, session=session)]
+        docs = await self._rows(pipeline, session)
         more = len(docs) > count
         docs = docs[:count]
         next_cursor = _encode_cursor("after", [docs[-1]["_id"]]) if more and docs else None
@@ -289,7 +296,7 @@ class SearchEngine:
 
     async def explain(self, request: SearchRequest) -> dict[str, Any]:
         """The database's plan for the search's main query (tests check that an index is used)."""
-        queries = await self.queries(request, [])
+        queries = await self.queries(request, [], time_limit=self.time_limit)
         sort = request.sort if any(k == "_id" for k, _ in request.sort) else [*request.sort, ("_id", ASCENDING)]
         pipeline = [*_match(queries), {"$sort": dict(sort)}, {"$limit": request.count}]
         db = self.resources.database
@@ -297,10 +304,12 @@ class SearchEngine:
             "explain", {"aggregate": self.resources.name, "pipeline": pipeline, "cursor": {}})
         return explained
 
+    async def _rows(self, pipeline: list[Filter], session: AsyncClientSession | None) -> list[dict[str, Any]]:
+        return await aggregate(self.resources, pipeline, session=session, time_limit=self.time_limit)
+
     async def _count(self, queries: list[TypeQuery], session: AsyncClientSession | None) -> int:
-        async for doc in await self.resources.aggregate([*_match(queries), {"$count": "n"}], session=session):
-            return int(doc["n"])
-        return 0
+        rows = await self._rows([*_match(queries), {"$count": "n"}], session)
+        return int(rows[0]["n"]) if rows else 0
 
     def _include_projection(self, request: SearchRequest) -> dict[str, bool]:
         if any(inc.param == "*" for inc in request.includes):
@@ -344,7 +353,7 @@ class SearchEngine:
         pipeline: list[Filter] = [{"$match": first}, {"$match": {"deleted": False}}, {"$limit": MAX_INCLUDED + 1},
                     {"$project": {**VERSION_FIELDS, "ix": True}}]
         out = []
-        async for doc in await self.resources.aggregate(pipeline, session=session):
+        for doc in await self._rows(pipeline, session):
             if doc["_id"] not in seen:
                 seen.add(doc["_id"])
                 out.append(doc)

@@ -10,16 +10,22 @@ Chained parameters (`subject:Patient.name=…`) and reverse chains
 (`_has:Observation:patient:code=…`) run in stages: the inner search yields ids
 (at most `stage_cap`, else a too-costly error rather than a slow server), which
 the outer clause matches with `$in` on an indexed field.
+
+Every aggregation of a search (stages, the main query, counts, includes) runs
+through `aggregate`, which asks the database to stop it after the search time
+limit (`maxTimeMS`, enforced by the server itself), so one search cannot keep
+the database busy for minutes; running out of time is a too-costly error.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import ExecutionTimeout
 
 from fhir_store.errors import InvalidSearch, Issue, SearchTooCostly
 from fhir_store.indexes import DRIVING_FIELDS
@@ -66,6 +72,8 @@ class QueryBuilder:
     collection_of: Callable[[str], AsyncCollection[dict[str, Any]]] | None = None
     #: Inner searches run so far for this request (at most MAX_STAGES).
     stages: int = 0
+    #: Seconds the database may spend on each aggregation; None: no limit (bulk export).
+    time_limit: float | None = None
 
     async def build(self, types: list[str], criteria: list[tuple[str, str]], *, strict: bool,
                     issues: list[Issue]) -> list[TypeQuery]:
@@ -181,7 +189,7 @@ class QueryBuilder:
         refs: list[str] = []
         for target in targets:
             inner = await self.criterion(target, rest, raw, issues=issues, depth=depth + 1)
-            refs += [doc["_id"] async for doc in self._stage(TypeQuery(target, [inner]), {"_id": True})]
+            refs += [doc["_id"] for doc in await self._stage(TypeQuery(target, [inner]), {"_id": True})]
         cond = {f"ix.{param.code}": {"$in": refs}}
         return Clause(cond, cond)
 
@@ -196,29 +204,43 @@ class QueryBuilder:
         inner = await self.criterion(source, rest, raw, issues=issues, depth=depth + 1)
         prefix = f"{rtype}/"
         keys: set[str] = set()
-        async for doc in self._stage(TypeQuery(source, [inner]), {f"ix.{ref_code}": True}):
+        for doc in await self._stage(TypeQuery(source, [inner]), {f"ix.{ref_code}": True}):
             keys.update(r for r in (doc.get("ix") or {}).get(ref_code, []) if r.startswith(prefix))
         cond = {"_id": {"$in": sorted(keys)}}
         return Clause(cond, cond)
 
-    async def _stage(self, query: TypeQuery, projection: Filter) -> AsyncIterator[dict[str, Any]]:
+    async def _stage(self, query: TypeQuery, projection: Filter) -> list[dict[str, Any]]:
         """Rows of an inner (chained or `_has`) search, refusing more than `stage_cap`."""
         self.stages += 1
         if self.stages > MAX_STAGES:
             raise SearchTooCostly(f"This search needs more than {MAX_STAGES} inner searches for its chains and _has "
                                   "(the limit); name the target type (subject:Patient.name) to narrow them down")
         pipeline = [*match_stages(query), {"$limit": self.stage_cap + 1}, {"$project": projection}]
-        count = 0
         collection = self.collection_of(query.resource_type) if self.collection_of else self.resources
-        async for doc in await collection.aggregate(pipeline, session=self.session):
-            count += 1
-            if count > self.stage_cap:
-                raise SearchTooCostly(f"A chained or _has stage matches more than {self.stage_cap} resources; "
-                                      "add criteria to narrow it down")
-            yield doc
+        rows = await aggregate(collection, pipeline, session=self.session, time_limit=self.time_limit)
+        if len(rows) > self.stage_cap:
+            raise SearchTooCostly(f"A chained or _has stage matches more than {self.stage_cap} resources; "
+                                  "add criteria to narrow it down")
+        return rows
 
 
 _FIELDS = {"_id": "_id", "_lastUpdated": "ts"}
+
+
+async def aggregate(collection: AsyncCollection[dict[str, Any]], pipeline: list[Filter], *,
+                    session: AsyncClientSession | None, time_limit: float | None) -> list[dict[str, Any]]:
+    """Every row of one aggregation of a search, which the database stops after `time_limit` seconds.
+
+    `maxTimeMS` bounds the aggregation and its cursor's later batches together, on the server: a client-side
+    timeout would leave the database working on a query nobody waits for any more.
+    """
+    options: dict[str, Any] = {"maxTimeMS": max(1, round(time_limit * 1000))} if time_limit else {}
+    try:
+        cursor = await collection.aggregate(pipeline, session=session, **options)
+        return await cursor.to_list()
+    except ExecutionTimeout:
+        raise SearchTooCostly(f"The search ran for longer than {time_limit:g} s (the limit) and was stopped; add "
+                              "criteria to narrow it down") from None
 
 
 def check_bounds(params: list[tuple[str, str]]) -> None:
