@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import re
+from pathlib import Path
+from typing import TextIO
 
 import typer
 
@@ -34,6 +38,7 @@ def serve(
     settings = get_settings()
     _log_to_stderr()
     where = host or settings.host, port or settings.port
+    lock = None if settings.mongodb_uri else _serve_alone(settings.data_dir)  # held until this process ends
     database = settings.mongodb_uri and _without_password(settings.mongodb_uri) or \
         f"the embedded database (python -m emr.embedded_db) in {settings.data_dir.resolve() / 'db'}"
     logging.getLogger("emr").info("An Giang EMR %s on http://%s:%d/fhir; facility %s; database %s", __version__,
@@ -41,6 +46,31 @@ def serve(
     # Our own request log (emr.request: request id, status, time, the reason for a 4xx) replaces uvicorn's.
     uvicorn.run(create_app(settings), host=where[0], port=where[1], log_level="info", proxy_headers=True,
                 access_log=False)
+    del lock
+
+
+def _serve_alone(data_dir: Path) -> TextIO:
+    """The one `emr serve` of an embedded database, or a clear refusal naming the one already running.
+
+    A second server would share the first one's database process, and lose it when the first stops; with
+    EMR_MONGODB_URI (a real MongoDB) any number of servers may run.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = (data_dir / "serve.lock").open("a+", encoding="ascii")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        other = lock.read().strip() or "unknown"
+        typer.echo(f"emr serve: another emr serve (process {other}) already serves the embedded database in "
+                   f"{data_dir.resolve()}. Stop it first, or give this one its own EMR_DATA_DIR; several servers "
+                   "on one database need a real MongoDB (EMR_MONGODB_URI).", err=True)
+        raise typer.Exit(1) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
 
 
 def _log_to_stderr() -> None:

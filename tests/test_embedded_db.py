@@ -100,3 +100,19 @@ def test_killed_server_leaves_no_orphan_and_restarts(tmp_path: Path) -> None:
         assert httpx.get(f"http://127.0.0.1:{port}/fhir/metadata").status_code == 200
     finally:
         stop_serve(serve)
+
+
+def test_a_second_server_on_the_same_embedded_database_refuses_to_start(tmp_path: Path) -> None:
+    data_dir = tmp_path / "emr-data"
+    first = start_serve(data_dir, free_port())
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EMR_")}
+        env.update({"EMR_DATA_DIR": str(data_dir), "EMR_PORT": str(free_port())})
+        second = subprocess.run([sys.executable, "-m", "emr.cli", "serve"], env=env, capture_output=True,
+                                text=True, timeout=60)
+        assert second.returncode == 1
+        assert f"another emr serve (process {first.pid})" in second.stderr and "EMR_DATA_DIR" in second.stderr
+    finally:
+        stop_serve(first)
+    again = start_serve(data_dir, free_port())  # the first one gone, the lock is free again
+    stop_serve(again)
