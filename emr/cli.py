@@ -6,15 +6,16 @@ import fcntl
 import logging
 import os
 import re
+import socket
 from pathlib import Path
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 import typer
 
 from emr import __version__
 from emr.commands import clients_command, export_command, keys_command, terminology_command, users_command
 from emr.commands.import_command import import_
-from emr.settings import get_settings
+from emr.settings import Settings, get_settings
 
 app = typer.Typer(help="An Giang EMR: run the FHIR server and look after its data.", no_args_is_help=True,
                   rich_markup_mode=None)
@@ -38,6 +39,7 @@ def serve(
     settings = get_settings()
     _log_to_stderr()
     where = host or settings.host, port or settings.port
+    _check_can_start(settings, *where)
     lock = None if settings.mongodb_uri else _serve_alone(settings.data_dir)  # held until this process ends
     database = settings.mongodb_uri and _without_password(settings.mongodb_uri) or \
         f"the embedded database (python -m emr.embedded_db) in {settings.data_dir.resolve() / 'db'}"
@@ -47,6 +49,41 @@ def serve(
     uvicorn.run(create_app(settings), host=where[0], port=where[1], log_level="info", proxy_headers=True,
                 access_log=False)
     del lock
+
+
+def _check_can_start(settings: Settings, host: str, port: int) -> None:
+    """The common reasons a server cannot start, each said in one sentence with its fix (not a traceback)."""
+    if settings.mongodb_uri is None:
+        try:
+            import secantus  # noqa: F401
+        except ImportError:
+            _refuse("the embedded database is not installed. Install it with: .venv/bin/pip install -e "
+                    "\".[embedded]\" — or set EMR_MONGODB_URI to a MongoDB server.")
+    else:
+        from pymongo import MongoClient
+        from pymongo.errors import PyMongoError
+
+        client: MongoClient[dict[str, object]] = MongoClient(settings.mongodb_uri, serverSelectionTimeoutMS=5000)
+        try:
+            client.admin.command("ping")
+        except PyMongoError as exc:
+            _refuse(f"cannot reach the database at {_without_password(settings.mongodb_uri)} "
+                    f"({type(exc).__name__}). Check EMR_MONGODB_URI, that MongoDB is running, and the "
+                    "network or firewall between them.")
+        finally:
+            client.close()
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            _refuse(f"cannot listen on {host}:{port} ({exc.strerror}): another program (another emr serve?) "
+                    "uses that port. Choose another with --port or EMR_PORT.")
+
+
+def _refuse(message: str) -> NoReturn:
+    typer.echo(f"emr serve: {message}", err=True)
+    raise typer.Exit(1)
 
 
 def _serve_alone(data_dir: Path) -> TextIO:
@@ -62,10 +99,9 @@ def _serve_alone(data_dir: Path) -> TextIO:
     except BlockingIOError:
         lock.seek(0)
         other = lock.read().strip() or "unknown"
-        typer.echo(f"emr serve: another emr serve (process {other}) already serves the embedded database in "
-                   f"{data_dir.resolve()}. Stop it first, or give this one its own EMR_DATA_DIR; several servers "
-                   "on one database need a real MongoDB (EMR_MONGODB_URI).", err=True)
-        raise typer.Exit(1) from None
+        _refuse(f"another emr serve (process {other}) already serves the embedded database in "
+                f"{data_dir.resolve()}. Stop it first, or give this one its own EMR_DATA_DIR; several servers "
+                "on one database need a real MongoDB (EMR_MONGODB_URI).")
     lock.seek(0)
     lock.truncate()
     lock.write(str(os.getpid()))
