@@ -45,6 +45,7 @@ from fhir_store.terminology.loader import load as load_terminology
 from fhir_store.terminology.sources import SHIPPED as SHIPPED_TERMINOLOGY
 from fhir_store.terminology.sources import SourceError
 from fhir_store.terminology.sources import read as read_terminology_source
+from fhir_store.text import fold as fold_text
 from fhir_store.transactions import BundleProcessor
 
 __all__ = [
@@ -54,7 +55,7 @@ __all__ = [
     "Issue", "Job", "JobQueue", "Level", "MethodNotAllowed", "Pipeline", "Registry", "Rejection", "ResourceExists",
     "ResourceGone", "ResourceNotFound", "Result", "ResultT", "SearchResult", "SourceError", "SourceReport",
     "StoreError", "TerminologyService", "Unauthorized", "ValidationMode", "Version", "WriteCheck", "WriteContext",
-    "WriteObserver", "WriteResult", "compartment_definitions", "dump_json", "etag", "format_instant",
+    "WriteObserver", "WriteResult", "compartment_definitions", "dump_json", "etag", "fold_text", "format_instant",
     "history_bundle", "known_resource_types", "load_json", "load_registry", "load_terminology", "not_modified",
     "now", "operation_outcome", "page_links", "parse_if_match", "parse_instant", "r4_differences", "r4_problem",
     "read_terminology_source", "searchset_bundle", "whole_number"

@@ -97,6 +97,8 @@ class Authoriser:
             return {(it.resource_type or "CodeSystem", "r")}
         if name in _EXPORT_STEPS:
             return set()
+        if name == "match":  # finds patients by what they are: reading and searching Patients
+            return {("Patient", "r"), ("Patient", "s")}
         if name in ("everything", "export"):
             types = [t for v in _values(it, "_type") for t in v.split(",") if t]
             if not types:

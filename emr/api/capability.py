@@ -21,6 +21,7 @@ from fhir_store import known_resource_types as resource_types
 #: Canonical definitions of the operations the routes implement, by (name, level).
 OPERATION_DEFINITIONS = {
     ("everything", "Patient"): "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+    ("match", "Patient"): "http://hl7.org/fhir/OperationDefinition/Patient-match",
     ("export", "system"): "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
     ("export", "Patient"): "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
     ("export", "Group"): "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
