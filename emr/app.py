@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 import unicodedata
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from pymongo.errors import ConnectionFailure
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from emr import __version__
@@ -18,6 +20,7 @@ from emr.api.bulk_export import router as bulk_export_router
 from emr.api.context import ApiServices
 from emr.api.formats import is_pretty
 from emr.api.headers import install_headers
+from emr.api.matching import router as matching_router
 from emr.api.request_log import RequestLog
 from emr.api.responses import ApiError, outcome_response
 from emr.api.routes import router
@@ -36,6 +39,7 @@ from fhir_store import (
 )
 
 log = logging.getLogger("emr")
+DATABASE_LOG_EVERY = 10.0  # seconds between "database unreachable" lines while it stays away
 
 
 def create_app(settings: Settings | None = None, *, interceptors: Sequence[Interceptor] = (),
@@ -63,6 +67,7 @@ def create_app(settings: Settings | None = None, *, interceptors: Sequence[Inter
     app.include_router(auth_router)
     app.include_router(bulk_export_router)
     app.include_router(terminology_router)
+    app.include_router(matching_router)
     app.include_router(router)
     _install_error_handlers(app)
     app.add_middleware(RequestLog)
@@ -105,6 +110,19 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def request_error(request: Request, exc: RequestValidationError) -> Response:
         return outcome_response(400, [Issue("invalid", str(exc))], pretty=is_pretty(request))
+
+    last_said = [-DATABASE_LOG_EVERY]
+
+    @app.exception_handler(ConnectionFailure)  # server selection timed out, connection lost: the database is away
+    async def database_away(request: Request, exc: ConnectionFailure) -> Response:
+        request.state.reason = "database unreachable"
+        if time.monotonic() - last_said[0] >= DATABASE_LOG_EVERY:  # one plain line, not one per request
+            last_said[0] = time.monotonic()
+            log.error("the database is unreachable (%s: %s); requests are answered 503 until it is back",
+                      type(exc).__name__, str(exc).split(",")[0][:200])
+        return outcome_response(503, [Issue("transient", "The database is unreachable, so the request could not "
+                                                         "be completed; try again in a few seconds")],
+                                pretty=is_pretty(request), headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)  # the last resort: a failure outside `RequestLog`, which answers the rest
     async def unexpected(request: Request, exc: Exception) -> Response:

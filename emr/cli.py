@@ -15,6 +15,7 @@ import typer
 from emr import __version__
 from emr.commands import clients_command, export_command, keys_command, terminology_command, users_command
 from emr.commands.import_command import import_
+from emr.log_format import log_to_stderr
 from emr.settings import Settings, get_settings
 
 app = typer.Typer(help="An Giang EMR: run the FHIR server and look after its data.", no_args_is_help=True,
@@ -37,7 +38,7 @@ def serve(
     from emr.app import create_app
 
     settings = get_settings()
-    _log_to_stderr()
+    log_to_stderr(settings.log_format)
     where = host or settings.host, port or settings.port
     _check_can_start(settings, *where)
     lock = None if settings.mongodb_uri else _serve_alone(settings.data_dir)  # held until this process ends
@@ -107,16 +108,6 @@ def _serve_alone(data_dir: Path) -> TextIO:
     lock.write(str(os.getpid()))
     lock.flush()
     return lock
-
-
-def _log_to_stderr() -> None:
-    """The `emr` loggers at INFO on standard error, in lines an IT person can read and grep."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    emr_log = logging.getLogger("emr")
-    emr_log.addHandler(handler)
-    emr_log.setLevel(logging.INFO)
-    emr_log.propagate = False
 
 
 def _without_password(uri: str) -> str:

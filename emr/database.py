@@ -37,9 +37,11 @@ async def open_database(settings: Settings) -> AsyncIterator[AsyncDatabase[dict[
         from emr.embedded_db import ensure_embedded
 
         embedded = await asyncio.to_thread(ensure_embedded, settings.data_dir)
+        embedded.supervise()
         uri = embedded.uri
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, tz_aware=True,
-                                                                **WRITE_CONCERNS[settings.write_concern])
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        uri, tz_aware=True, serverSelectionTimeoutMS=int(settings.database_timeout * 1000),
+        **WRITE_CONCERNS[settings.write_concern])
     try:
         await client.admin.command("ping")
         if settings.write_concern == "fast":

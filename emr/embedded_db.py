@@ -10,6 +10,11 @@ exits when its parent does (its stdin closes), so no server is left orphaned.
 Only this module knows SecantusDB; the rest of the code speaks the standard
 MongoDB API and runs unchanged against a real MongoDB replica set.
 
+If the child dies while its owner runs (killed, crashed), the owner starts it
+again at the same address on the same files (`supervise`): the driver in every
+connected process reconnects by itself, and service resumes without anyone
+restarting the API.
+
 The address it publishes turns retryable writes off (`retryWrites=false`):
 SecantusDB 0.7 keeps a record of every retryable write for 30 minutes and scans
 them all on each write, so past ~10,000 writes each insert cost grows from under
@@ -23,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -30,12 +36,14 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 ADDRESS_FILE = "mongodb.json"
 _START_TIMEOUT_S = 60.0
+log = logging.getLogger("emr.database")
 
 
 @dataclass
@@ -45,12 +53,41 @@ class EmbeddedServer:
     uri: str
     data_dir: Path
     process: subprocess.Popen[str] | None = field(default=None, repr=False)
+    _closing: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
     def owned(self) -> bool:
         return self.process is not None
 
+    def supervise(self) -> None:
+        """Restart the child at the same address whenever it exits before `close` (see the module's docstring)."""
+        if self.process is not None:
+            threading.Thread(target=self._watch, name="embedded-db-supervisor", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._closing.is_set():
+            process = self.process
+            if process is None:
+                return
+            code = process.wait()
+            if self._closing.is_set():
+                return
+            log.error("the embedded database (process %d, data in %s) stopped with exit code %s; starting it again "
+                      "at %s", process.pid, self.data_dir / "db", code, self.uri)
+            try:
+                restarted = _start(self.data_dir, urlsplit(self.uri).port or 0)
+            except (RuntimeError, OSError) as exc:
+                log.error("the embedded database could not be started again (%s): stop emr serve and start it; "
+                          "requests answer 503 meanwhile", exc)
+                return
+            if self._closing.is_set():  # closed while restarting: do not leave the new child behind
+                restarted.close()
+                return
+            self.process = restarted.process
+            log.info("the embedded database is back (process %d)", self.process.pid if self.process else 0)
+
     def close(self) -> None:
+        self._closing.set()
         if self.process is None:
             return
         with contextlib.suppress(OSError):
@@ -95,9 +132,9 @@ def _running_server(data_dir: Path) -> str | None:
         client.close()
 
 
-def _start(data_dir: Path) -> EmbeddedServer:
+def _start(data_dir: Path, port: int = 0) -> EmbeddedServer:
     process = subprocess.Popen(
-        [sys.executable, "-m", "emr.embedded_db", str(data_dir / "db")],
+        [sys.executable, "-m", "emr.embedded_db", str(data_dir / "db"), str(port)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     assert process.stdout is not None
@@ -116,11 +153,11 @@ def _start(data_dir: Path) -> EmbeddedServer:
     return EmbeddedServer(uri, data_dir, process)
 
 
-def _serve(storage_path: str) -> None:
+def _serve(storage_path: str, port: int) -> None:
     """Child process: serve until stdin closes (parent gone) or SIGTERM/SIGINT."""
     from secantus import SecantusDBServer
 
-    server = SecantusDBServer(host="127.0.0.1", port=0, storage_path=storage_path, enable_test_commands=False)
+    server = SecantusDBServer(host="127.0.0.1", port=port, storage_path=storage_path, enable_test_commands=False)
     server.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -136,4 +173,4 @@ def _serve(storage_path: str) -> None:
 
 
 if __name__ == "__main__":
-    _serve(sys.argv[1])
+    _serve(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0)

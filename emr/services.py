@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import pymongo
+
 from emr.database import open_database
 from emr.settings import Settings
 from fhir_store import FhirStore, TerminologyService, WriteCheck, WriteObserver
@@ -51,4 +53,7 @@ async def open_services(settings: Settings, *, write_checks: Sequence[WriteCheck
         try:
             yield Services(store, terminology, security)
         finally:
-            await store.close()
+            # Bounded, so a server whose database is gone still stops in seconds; what could not be shipped
+            # stays in the audit journal for the next start.
+            with pymongo.timeout(settings.database_timeout):
+                await store.close()

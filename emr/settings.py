@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     #: Seconds the database may spend on each query of one search (MongoDB's `maxTimeMS`) before it stops it
     #: and the client is told to narrow the search (400). Bulk export and import are not limited.
     search_time_limit: Annotated[float, Field(gt=0)] = 10.0
+    #: How long a request waits for an unreachable database before it is answered 503 (seconds; the driver's
+    #: default is 30 s). Long enough for a replica set election or an embedded database restart.
+    database_timeout: Annotated[float, Field(gt=0)] = 5.0
     #: The longest a bulk export waits, after its transaction time, for the writes in flight then to land
     #: (usually milliseconds: the store's write horizon says when; MongoDB aborts transactions after 60 s).
     export_settle_seconds: float = 65.0
@@ -50,6 +53,8 @@ class Settings(BaseSettings):
     #: `reject` refuses a resource with an unknown code (400), `warn` keeps it and reports the problem,
     #: `off` does not look.
     terminology_validation: Literal["reject", "warn", "off"] = "warn"
+    #: The log's form on standard error: `text` (lines to read) or `json` (one object a line, for a collector).
+    log_format: Literal["text", "json"] = "text"
     #: The Ministry of Health's code of this facility (mã cơ sở khám chữa bệnh); names it in audit records.
     facility_code: str | None = None
     #: Seals the token signing keys at rest; every API process of a site must have the same one.

@@ -26,7 +26,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any
 
 import orjson
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 
 from fhir_store.documents import Document, Indexer, current_document
 from fhir_store.errors import StoreError
@@ -45,7 +44,6 @@ AUDIT_EVENT = "AuditEvent"
 SHIP_EVERY = 0.25  # seconds between shipments to MongoDB
 SHIP_BATCH = 1000  # events per insert
 ROTATE_BYTES = 8 * 1024 * 1024  # a fully shipped journal this big is replaced by a fresh one
-INLINE_SYNC = 0.001  # seconds: a journal whose last sync was quicker syncs on the event loop
 
 log = logging.getLogger("emr.audit")
 
@@ -160,13 +158,21 @@ class AuditTrail:
             self._shipper = asyncio.create_task(self._ship_forever())
 
     async def _ship_forever(self) -> None:
+        failing = False
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self._ship_every)
             try:
                 await self._ship_all()
             except (PyMongoError, OSError) as exc:  # MongoDB away: the journal keeps the events meanwhile
-                log.warning("audit events wait in the journal: shipping to MongoDB failed (%s)", exc)
+                if not failing:  # said once an outage, not four times a second
+                    log.warning("audit events wait in the journal: shipping to MongoDB failed (%s)",
+                                type(exc).__name__ if isinstance(exc, ConnectionFailure) else exc)
+                failing = True
+            else:
+                if failing:
+                    log.info("audit events are shipped to MongoDB again")
+                failing = False
 
     async def _ship_all(self) -> None:
         async with self._ship_lock:
@@ -195,15 +201,20 @@ class AuditTrail:
             lines, end = journal.unshipped(SHIP_BATCH)
             if not lines:
                 return
-            # Our own lines, written by `dumps` from events that hold no JSON numbers: orjson alone reads
-            # them back exactly, without the checks client JSON needs.
-            docs = [self.document(orjson.loads(line)) for line in lines]
+            # Indexing an event costs ~0.25 ms: a batch is built in a worker thread, not on the event loop.
+            docs = await asyncio.to_thread(self._documents, lines)
             try:
                 await self.collection.insert_many(docs, ordered=False)
             except BulkWriteError as exc:  # shipped before, by us or a process that died after inserting
                 if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
                     raise
             journal.shipped = end
+
+
+    def _documents(self, lines: list[bytes]) -> list[Document]:
+        # Our own lines, written by `dumps` from events that hold no JSON numbers: orjson alone reads
+        # them back exactly, without the checks client JSON needs.
+        return [self.document(orjson.loads(line)) for line in lines]
 
 
 class _Journal:
@@ -216,7 +227,6 @@ class _Journal:
         self.shipped = 0  # bytes already in MongoDB
         self._syncing: asyncio.Task[None] | None = None
         self._synced = size
-        self._sync_seconds = 0.0  # how long the last fdatasync took
         self.writers = 0  # appends in flight: the file is not closed under them
 
     @classmethod
@@ -257,13 +267,9 @@ class _Journal:
 
     async def _sync(self) -> None:
         upto = self.size
-        # A fast disk syncs in well under a millisecond: handing that to a thread would cost more than
-        # the sync. A slow one (spinning disk, network storage) syncs in a thread, so requests go on
-        # meanwhile and the next sync covers all of theirs.
-        if self._sync_seconds < INLINE_SYNC:
-            self._sync_seconds = _timed_sync(self.fd)
-        else:
-            self._sync_seconds = await asyncio.to_thread(_timed_sync, self.fd)
+        # In a worker thread, always: a sync that usually takes 0.1 ms can take 300 ms when the file system
+        # is flushing other writes, and on the event loop that would stall every request of the process.
+        await asyncio.to_thread(os.fdatasync, self.fd)
         self._synced = max(self._synced, upto)
 
     def unshipped(self, most: int) -> tuple[list[bytes], int]:
@@ -281,8 +287,3 @@ class _Journal:
                 self.path.unlink()
         os.close(self.fd)
 
-
-def _timed_sync(fd: int) -> float:
-    started = time.perf_counter()
-    os.fdatasync(fd)
-    return time.perf_counter() - started

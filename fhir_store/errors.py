@@ -43,6 +43,17 @@ class StoreError(Exception):
         super().__init__(message)
         self.issues = issues or [Issue(self.issue_code, message)]
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Whole, with its issues, across a process boundary (validation of a large resource runs in a worker).
+        return _restore, (type(self), self.args, self.__dict__)
+
+
+def _restore(cls: type[StoreError], args: tuple[Any, ...], state: dict[str, Any]) -> StoreError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
 
 class InvalidResource(StoreError):
     """The resource is not valid FHIR R4 (structure, types, cardinality, required codes)."""

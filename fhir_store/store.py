@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import copy
 import re
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -72,8 +72,8 @@ from fhir_store.validation import (
     MAX_STRING_CHARS,
     ElementLimits,
     nfc_resource,
-    validate_resource,
 )
+from fhir_store.validation_runner import ValidationRunner
 
 Criteria = tuple[tuple[str, str], ...]
 
@@ -154,7 +154,7 @@ class FhirStore:
         self._terminology = terminology
         self.page_size = page_size
         self.max_page_size = max_page_size
-        self._limits = ElementLimits(max_string_chars, max_short_string_chars)
+        self._validation = ValidationRunner(ElementLimits(max_string_chars, max_short_string_chars))
         self._search_time_limit = search_time_limit
         self._reader = VersionReader(db)
         self._write_checks = tuple(write_checks)
@@ -206,6 +206,7 @@ class FhirStore:
     async def close(self) -> None:
         """Stop holding other processes' change feeds back (a stopped server, a finished command), and ship
         the audit journal."""
+        self._validation.close()
         await self._horizon.close()
         await self.audit_trail.close()
 
@@ -309,17 +310,17 @@ class FhirStore:
         `if_none_exist`, an existing match is returned instead (created=False);
         concurrent calls with the same criteria create exactly one resource.
         """
-        data = self._valid(resource, resource_type, base)
+        data = await self._valid(resource, resource_type, base)
         ctx = self._context(session, caller)
         if if_none_exist is not None:
             return await self._conditional_create(data, parse_criteria(if_none_exist), ctx, resource_id)
         data["id"] = check_id(resource_id) if resource_id else new_id()
         return await self._insert_first(data, ctx)
 
-    def prepare_create(self, resource: Any, *, resource_type: str | None, resource_id: str,
-                       base: str | None = None) -> dict[str, Any]:
+    async def prepare_create(self, resource: Any, *, resource_type: str | None, resource_id: str,
+                             base: str | None = None) -> dict[str, Any]:
         """Validate a resource for `create_prepared`: the first half of a create, with no database work."""
-        data = self._valid(resource, resource_type, base)
+        data = await self._valid(resource, resource_type, base)
         data["id"] = check_id(resource_id)
         return data
 
@@ -331,7 +332,8 @@ class FhirStore:
         ctx = self._context(session, caller)
         warnings = [await self._check(d, ctx) for d in prepared]
         async with self._horizon.writing():
-            docs = [current_document(d["resourceType"], d["id"], 1, d, "create", self._indexer) for d in prepared]
+            docs = await asyncio.to_thread(
+                lambda: [current_document(d["resourceType"], d["id"], 1, d, "create", self._indexer) for d in prepared])
             await self.resources.insert_many(docs, ordered=True, session=session)
         results = [WriteResult(version_from_document(doc), created=True, warnings=w)
                    for doc, w in zip(docs, warnings, strict=True)]
@@ -348,12 +350,12 @@ class FhirStore:
         """
         check_id(resource_id)
 
-        def make(current: Version | None) -> dict[str, Any]:
+        async def make(current: Version | None) -> dict[str, Any]:
             if current is not None and current.resource is not None and isinstance(resource, dict):
-                same = nfc_resource(resource)
+                same = await asyncio.to_thread(nfc_resource, resource)
                 if _same_content(same, current.resource):
                     return same  # identical to a version already validated: re-sends stay cheap
-            data = self._valid(resource, resource_type, base)
+            data = await self._valid(resource, resource_type, base)
             if data.get("id") is None:
                 raise InvalidResource("An update must carry the resource's id in the body")
             if data["id"] != resource_id:
@@ -366,7 +368,7 @@ class FhirStore:
                                  if_match: int | None = None, session: AsyncClientSession | None = None,
                                  caller: Caller | None = None, base: str | None = None) -> WriteResult:
         """Update the one resource matching `criteria`; create when none does; 412 when several do."""
-        data = self._valid(resource, resource_type, base)
+        data = await self._valid(resource, resource_type, base)
         matches = await self.find(resource_type, criteria, session=session)
         if len(matches) > 1:
             raise MultipleMatches(f"The criteria '{criteria}' match more than one {resource_type}")
@@ -377,7 +379,10 @@ class FhirStore:
         else:
             target = check_id(data["id"]) if data.get("id") else new_id()
         data["id"] = target
-        return await self._write(resource_type, target, lambda _cur: data, if_match, self._context(session, caller))
+        async def same(_current: Version | None) -> dict[str, Any]:
+            return data
+
+        return await self._write(resource_type, target, same, if_match, self._context(session, caller))
 
     async def patch(self, resource_type: str, resource_id: str, operations: Any, *, if_match: int | None = None,
                     session: AsyncClientSession | None = None, caller: Caller | None = None,
@@ -394,19 +399,19 @@ class FhirStore:
         if not isinstance(operations, list):
             raise InvalidRequest("A JSON Patch document must be a JSON array of operations")
 
-        def patched(current: Version | None) -> dict[str, Any]:
+        async def patched(current: Version | None) -> dict[str, Any]:
             if current is None:
                 raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
             if current.resource is None:
                 raise ResourceGone(f"{resource_type}/{resource_id} was deleted", current.version_id)
             try:
-                result = patch.apply(copy.deepcopy(current.resource))
+                result = await asyncio.to_thread(lambda: patch.apply(copy.deepcopy(current.resource)))
             except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError) as exc:
                 raise InvalidRequest(f"The JSON Patch cannot be applied: {_patch_problem(exc)}") from None
             if not isinstance(result, dict) or result.get("resourceType") != resource_type \
                     or result.get("id") != resource_id:
                 raise InvalidRequest("A patch may not change the resource's type or id")
-            return self._valid(result, resource_type, base)
+            return await self._valid(result, resource_type, base)
 
         return await self._write(resource_type, resource_id, patched, if_match, self._context(session, caller),
                                  must_exist=True)
@@ -462,7 +467,8 @@ class FhirStore:
 
     # ---- internals ---------------------------------------------------------------------
 
-    async def _write(self, resource_type: str, resource_id: str, make: Callable[[Version | None], dict[str, Any]],
+    async def _write(self, resource_type: str, resource_id: str,
+                     make: Callable[[Version | None], Awaitable[dict[str, Any]]],
                      if_match: int | None, ctx: WriteContext, must_exist: bool = False) -> WriteResult:
         """Compare-and-swap loop shared by update, conditional update and patch."""
         for _ in range(_MAX_ATTEMPTS):
@@ -470,7 +476,7 @@ class FhirStore:
             if if_match is not None and (current is None or current.version_id != if_match):
                 have = current.version_id if current else None
                 raise VersionConflict(_stale(resource_type, resource_id, if_match, have))
-            data = make(current)
+            data = await make(current)
             if current is None:
                 if must_exist:
                     raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
@@ -487,11 +493,12 @@ class FhirStore:
                 raise VersionConflict(_stale(resource_type, resource_id, if_match, None))
         raise TooManyRequests(f"{resource_type}/{resource_id} is being changed by others; try again")
 
-    def _valid(self, resource: Any, resource_type: str | None, base: str | None) -> dict[str, Any]:
-        """A valid resource, NFC, its references to this server (`base`, the request's) made relative."""
+    async def _valid(self, resource: Any, resource_type: str | None, base: str | None) -> dict[str, Any]:
+        """A valid resource, NFC, its references to this server (`base`, the request's) made relative; the
+        work runs off the event loop (`validation_runner.py`)."""
         if isinstance(resource, dict):
             _not_audit(resource_type or resource.get("resourceType"))
-        return localise(validate_resource(resource, expected_type=resource_type, limits=self._limits), base)
+        return await self._validation.validate(resource, resource_type, lambda valid: localise(valid, base))
 
     def _context(self, session: AsyncClientSession | None, caller: Caller | None) -> WriteContext:
         return WriteContext(session, caller, self._reader)
@@ -509,7 +516,8 @@ class FhirStore:
     async def _insert_first(self, data: dict[str, Any], ctx: WriteContext) -> WriteResult:
         warnings = await self._check(data, ctx)
         async with self._horizon.writing():
-            doc = current_document(data["resourceType"], data["id"], 1, data, "create", self._indexer)
+            doc = await asyncio.to_thread(current_document, data["resourceType"], data["id"], 1, data, "create",
+                                          self._indexer)
             try:
                 await self.resources.insert_one(doc, session=ctx.session)
             except DuplicateKeyError:
@@ -528,7 +536,7 @@ class FhirStore:
             await self.history_versions.insert_one(history_document(current), session=session)
         rtype, rid, vid = current.resource_type, current.id, current.version_id
         async with self._horizon.writing():
-            doc = current_document(rtype, rid, vid + 1, data, op, self._indexer)
+            doc = await asyncio.to_thread(current_document, rtype, rid, vid + 1, data, op, self._indexer)
             outcome = await self.resources.replace_one({"_id": current_key(rtype, rid), "vid": vid}, doc,
                                                        session=session)
         if outcome.matched_count != 1:

@@ -153,8 +153,8 @@ class BundleProcessor:
 
             async def prepare(entry: Entry, it: Interaction) -> Outcome:
                 rtype, _, rid = keys[str(entry.full_url)].partition("/")
-                plain_posts.append((entry, self.store.prepare_create(entry.resource, resource_type=rtype,
-                                                                     resource_id=rid, base=base)))
+                plain_posts.append((entry, await self.store.prepare_create(entry.resource, resource_type=rtype,
+                                                                           resource_id=rid, base=base)))
                 return Outcome(201)  # what it answers once the batched insert and the transaction succeed
 
             for entry in ordered:

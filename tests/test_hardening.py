@@ -745,6 +745,12 @@ def test_malformed_requests_get_a_4xx_without_internals(fhir: httpx.Client, meth
 #: Found by this module in other files, and fixed there: a 4xx, and no internals in the message.
 ODD_VALUES = [
     pytest.param("GET", "/Patient/x/_history/99999999999999999999999", {}),
+    # The operability issue's list (#18): each was a 500.
+    pytest.param("GET", "/_history/99999999999999999999999", {}),
+    pytest.param("PUT", "/Patient/{rid}", {"json": {"resourceType": "Patient", "id": "{rid}"},
+                                          "headers": [(b"If-Match", b'W/"\xb2"')]}),
+    pytest.param("PATCH", "/Patient/{rid}", {"json": [{"op": "add", "path": "active", "value": True}],
+                                            "headers": PATCH}),
     pytest.param("GET", "/Patient/_history?_cursor=99999999999999999999.aaaaaaaaaaaaaaaaaaaaaaaa", {}),
     pytest.param("GET", "/$export", {"headers": {"Prefer": "respond-async"},
                                      "params": {"_since": "0001-01-01T00:00:00+14:00"}}),

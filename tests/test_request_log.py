@@ -9,11 +9,14 @@ import http.client
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 
 from fhir_store import Interaction, ResultT
 from tests.conftest import LiveServer, make_settings
+from tests.serving import free_port, start_serve, stop_serve
 
 
 async def explode_on_marker(it: Interaction, call_next: Callable[[Interaction], Awaitable[ResultT]]) -> ResultT:
@@ -68,3 +71,20 @@ def test_a_server_error_names_its_request_and_keeps_the_connection(server: LiveS
     assert request_id in outcome["issue"][0]["diagnostics"] and "RuntimeError" not in body.decode()
     tracebacks = [r for r in caplog.records if r.exc_info and request_id in r.getMessage()]
     assert len(tracebacks) == 1  # logged once, under the id the client was given
+
+
+def test_json_logs_carry_the_request_fields_for_a_collector(tmp_path: Path) -> None:
+    """EMR_LOG_FORMAT=json: every line of `emr serve`'s log is one JSON object; a request's has its fields."""
+    port = free_port()
+    serve = start_serve(tmp_path / "data", port, EMR_LOG_FORMAT="json")
+    try:
+        answer = httpx.get(f"http://127.0.0.1:{port}/fhir/Patient/nobody")  # no token: a 401, with its reason
+    finally:
+        stop_serve(serve)
+    lines = [json.loads(line) for line in (serve.stderr.read().decode() if serve.stderr else "").splitlines()
+             if line.startswith("{")]
+    assert any("An Giang EMR" in line["message"] and "database" in line["message"] for line in lines), lines
+    mine = [line for line in lines if line.get("request_id") == answer.headers["X-Request-Id"]]
+    assert len(mine) == 1, lines
+    assert mine[0]["method"] == "GET" and mine[0]["path"] == "/fhir/Patient/nobody"
+    assert mine[0]["status"] == 401 and mine[0]["ms"] >= 0 and mine[0]["reason"], mine

@@ -68,5 +68,7 @@ class RequestLog:
         finally:
             elapsed = (time.perf_counter() - started) * 1000
             reason = state.get("reason")
-            log.info("%s %s %s %d %.1f ms%s", request_id, method, path, status, elapsed,
-                     f" ({reason})" if reason and status >= 400 else "")
+            said = reason if reason and status >= 400 else None
+            log.info("%s %s %s %d %.1f ms%s", request_id, method, path, status, elapsed, f" ({said})" if said else "",
+                     extra={"request_id": request_id, "method": method, "path": path, "status": status,
+                            "ms": round(elapsed, 1), "reason": said})

@@ -48,6 +48,7 @@ from typing import Any, Literal
 
 from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import ConnectionFailure
 
 from fhir_store.bulk.exporter import DEFAULT_SETTLE, Exporter, ExportRequest
 from fhir_store.documents import Document
@@ -232,7 +233,10 @@ class ExportWorker:
                 job = await self.run_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the database is away, say: keep the worker alive and try again later
+            except ConnectionFailure as exc:  # the database is away: one line, and try again at the next poll
+                log.warning("the export worker waits for the database (%s)", type(exc).__name__)
+                job = None
+            except Exception:  # a bug: keep the worker alive, and say where
                 log.exception("the export worker could not claim or run a job")
                 job = None
             if job is None:
