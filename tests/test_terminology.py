@@ -471,6 +471,15 @@ def test_capability_statement_lists_the_operations(fhir_warn: httpx.Client) -> N
     assert ops["ConceptMap"] == {"translate"}
 
 
+def test_the_list_is_whole_when_written_to_a_file(database: str, mongo_uri: str) -> None:
+    """Sent to a file or a pipe (not a terminal), the table is as wide as its content, not cut at 80 columns."""
+    run = emr_cli(database, mongo_uri, "terminology", "list")
+    assert run.returncode == 0, run.stderr
+    assert "…" not in run.stdout, run.stdout
+    assert "http://hl7.org/fhir/ValueSet/administrative-gender" in run.stdout
+    assert max(len(line) for line in run.stdout.splitlines()) > 80
+
+
 def test_load_refuses_a_file_it_does_not_know(database: str, mongo_uri: str, tmp_path: Path) -> None:
     strange = tmp_path / "list.csv"
     strange.write_text("ma,ten\n1,một\n", encoding="utf-8")

@@ -8,7 +8,6 @@ happen inside the commands so that `emr --help` stays fast.
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -96,8 +95,10 @@ def list_(json_output: JsonOption = False) -> None:
     if not clients:
         typer.echo("No clients yet. Add one with: emr clients add NAME --scope \"system/...\"")
         return
-    from rich.console import Console
+
     from rich.table import Table
+
+    from emr.commands.output import stdout_console
 
     table = Table(title=f"{len(clients)} client{'' if len(clients) == 1 else 's'}", title_justify="left")
     table.add_column("client id", no_wrap=True)
@@ -108,7 +109,7 @@ def list_(json_output: JsonOption = False) -> None:
     for c in clients:
         table.add_row(c.client_id, c.name, " ".join(map(str, c.scopes)), "disabled" if c.disabled else "enabled",
                       when(c.created))
-    Console(file=sys.stdout).print(table)
+    stdout_console().print(table)
 
 
 @app.command()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any
 
@@ -149,8 +148,10 @@ async def _run(settings: Any, paths: list[Path], concurrency: int, errors: _Erro
 
 
 def _print_table(summary: ImportSummary, error_file: Path) -> None:
-    from rich.console import Console
+
     from rich.table import Table
+
+    from emr.commands.output import stdout_console
 
     columns = ("created", "updated", "unchanged", "existing", "rejected")
     table = Table(title="emr import", title_justify="left")
@@ -163,7 +164,7 @@ def _print_table(summary: ImportSummary, error_file: Path) -> None:
     table.add_section()
     table.add_row("total", f"{summary.created:,}", f"{summary.updated:,}", f"{summary.unchanged:,}",
                   f"{summary.existing:,}", f"{resource_rejections:,}")
-    console = Console(file=sys.stdout)
+    console = stdout_console()
     console.print(table)
     console.print(f"{summary.files:,} files, {summary.read:,} resources read in {summary.seconds:,.1f} s "
                   f"({summary.resources_per_second:,.0f} resources/s)", soft_wrap=True)

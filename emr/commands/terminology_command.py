@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -91,8 +90,10 @@ async def _load(settings: Any, sources: list[Any], *, show_progress: bool) -> li
 
 
 def _print_reports(reports: list[SourceReport]) -> None:
-    from rich.console import Console
+
     from rich.table import Table
+
+    from emr.commands.output import stdout_console
 
     table = Table(title="emr terminology load", title_justify="left")
     for column in ("list", "resource", "url | version", "concepts", "outcome"):
@@ -102,7 +103,7 @@ def _print_reports(reports: list[SourceReport]) -> None:
             table.add_row(report.name if i == 0 else "", f"{r.resource_type}/{r.id}",
                           f"{r.url}|{r.version}" if r.version else r.url, f"{r.concepts:,}" if r.concepts else "",
                           r.outcome)
-    console = Console(file=sys.stdout)
+    console = stdout_console()
     console.print(table)
     for report in reports:
         for note in report.notes:
@@ -123,15 +124,17 @@ def list_(
                                 "title": e.title, "status": e.status, "count": e.count, "date": e.date}
                                for e in entries], ensure_ascii=False))
         return
-    from rich.console import Console
+
     from rich.table import Table
+
+    from emr.commands.output import stdout_console
 
     table = Table(title=f"{len(entries)} terminology resources", title_justify="left")
     for column in ("resource", "url", "version", "title", "count"):
         table.add_column(column, justify="right" if column == "count" else "left")
     for e in entries:
         table.add_row(e.key, e.url, e.version or "", e.title, f"{e.count:,}")
-    Console(file=sys.stdout).print(table)
+    stdout_console().print(table)
 
 
 @app.command(help="Rebuild the terminology catalog from the stored resources (after a restore without it).")

@@ -135,8 +135,10 @@ def list_(json_output: JsonOption = False) -> None:
     if not users:
         typer.echo("No users yet. Add one with: emr users add USERNAME --role ROLE")
         return
-    from rich.console import Console
+
     from rich.table import Table
+
+    from emr.commands.output import stdout_console
 
     table = Table(title=f"{len(users)} user{'' if len(users) == 1 else 's'}", title_justify="left")
     table.add_column("username", no_wrap=True)
@@ -145,7 +147,7 @@ def list_(json_output: JsonOption = False) -> None:
     table.add_column("created", no_wrap=True)
     for u in users:
         table.add_row(u.username, u.role, "disabled" if u.disabled else "enabled", when(u.created))
-    Console(file=sys.stdout).print(table)
+    stdout_console().print(table)
 
 
 @app.command()
