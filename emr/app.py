@@ -25,6 +25,7 @@ from emr.api.request_log import RequestLog
 from emr.api.responses import ApiError, outcome_response
 from emr.api.routes import router
 from emr.api.terminology import router as terminology_router
+from emr.api.time_limit import TimeLimit
 from emr.services import open_services
 from emr.settings import Settings, get_settings
 from fhir_store import (
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None, *, interceptors: Sequence[Inter
     app.include_router(matching_router)
     app.include_router(router)
     _install_error_handlers(app)
+    app.add_middleware(TimeLimit, seconds=settings.request_time_limit)  # inside the log: its 503 is logged
     app.add_middleware(RequestLog)
     install_headers(app, settings)
     return app

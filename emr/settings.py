@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     #: How long a request waits for an unreachable database before it is answered 503 (seconds; the driver's
     #: default is 30 s). Long enough for a replica set election or an embedded database restart.
     database_timeout: Annotated[float, Field(gt=0)] = 5.0
+    #: The longest a request may take before its answer begins (seconds); past it, 503. A transaction
+    #: cannot outlive MongoDB's own 60 s, so neither may a request by default.
+    request_time_limit: Annotated[float, Field(gt=0)] = 60.0
     #: The longest a bulk export waits, after its transaction time, for the writes in flight then to land
     #: (usually milliseconds: the store's write horizon says when; MongoDB aborts transactions after 60 s).
     export_settle_seconds: float = 65.0

@@ -11,10 +11,12 @@ import json
 import statistics
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import httpx
 
+from tests.conftest import LiveServer, make_settings
 from tests.serving import free_port, sign_in, start_serve, stop_serve
 
 NAMES = 30_000  # ~1.4 MB of JSON: seconds of validation on this machine
@@ -56,3 +58,19 @@ def test_a_read_answers_while_a_huge_resource_is_validated(tmp_path: Path) -> No
     assert len(reads) >= 5, reads
     assert max(reads) < SLOWEST_READ, (f"a read took {max(reads):.2f} s while the huge create ran "
                                        f"({huge_took:.1f} s); median {statistics.median(reads):.3f} s")
+
+
+def test_a_request_over_the_time_limit_is_answered_503_and_stores_nothing(mongo_uri: str) -> None:
+    with LiveServer(make_settings(mongo_uri, request_time_limit=1.0)) as server, server.client() as fhir:
+        family = f"Quá{uuid.uuid4().hex[:8]}"
+        huge = {"resourceType": "Patient", "name": [{"family": family, "given": [f"Văn{i}"]} for i in range(NAMES)]}
+        started = time.monotonic()
+        answer = fhir.post("/Patient", json=huge, timeout=60)
+        took = time.monotonic() - started
+        assert answer.status_code == 503, answer.text[:300]
+        issue = answer.json()["issue"][0]
+        assert issue["code"] == "timeout" and "EMR_REQUEST_TIME_LIMIT" in issue["diagnostics"]
+        assert took < 4, took
+        time.sleep(6)  # long enough for the cut-off validation to have finished, had it gone on to store
+        assert fhir.get("/Patient", params={"family": family, "_summary": "count"}).json()["total"] == 0
+        assert fhir.post("/Patient", json={"resourceType": "Patient"}).status_code == 201
