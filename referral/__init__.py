@@ -14,8 +14,19 @@ from referral.identifiers import (
     national_numbers,
 )
 from referral.matching import GRADES, Candidate, MatchGrade, PatientMatcher
+from referral.signing import (
+    SignatureRefused,
+    VerifiedPackage,
+    canonical_json,
+    key_fingerprint,
+    short_fingerprint,
+    sign_package,
+    verify_package,
+)
 
 __all__ = [
     "BHYT_SYSTEMS", "CCCD_SYSTEMS", "GRADES", "Candidate", "InsuranceNumber", "MatchGrade", "NationalNumbers",
     "PatientMatcher", "citizen_id", "insurance_number", "national_numbers",
+    "SignatureRefused", "VerifiedPackage", "canonical_json", "key_fingerprint", "short_fingerprint", "sign_package",
+    "verify_package",
 ]
