@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 import unicodedata
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -15,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from emr import __version__
 from emr.api.auth import router as auth_router
+from emr.api.availability import DatabaseGate, DatabaseWatch, unreachable
 from emr.api.bulk_export import export_worker
 from emr.api.bulk_export import router as bulk_export_router
 from emr.api.context import ApiServices
@@ -40,13 +40,14 @@ from fhir_store import (
 )
 
 log = logging.getLogger("emr")
-DATABASE_LOG_EVERY = 10.0  # seconds between "database unreachable" lines while it stays away
 
 
 def create_app(settings: Settings | None = None, *, interceptors: Sequence[Interceptor] = (),
                write_checks: Sequence[WriteCheck] = ()) -> FastAPI:
     """The app. `interceptors` join the pipeline every interaction passes; `write_checks` join the store's."""
     settings = settings or get_settings()
+
+    watch = DatabaseWatch()  # told by the error handler below; asked by the gate
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -56,11 +57,15 @@ def create_app(settings: Settings | None = None, *, interceptors: Sequence[Inter
             known_resource_types()  # the models and the search registry now, not on the first request
             services.store.registry  # noqa: B018
             bundles = BundleProcessor(services.store, pipeline, max_entries=settings.max_bundle_entries)
-            async with export_worker(settings, services.store) as worker:
-                # The one place app state is set: handlers reach it, typed, through `emr.api.context.Call`.
-                app.state.services = ApiServices(settings, pipeline, services.store, services.terminology,
-                                                 bundles, worker, services.security)
-                yield
+            watch.start(services.store.db)
+            try:
+                async with export_worker(settings, services.store) as worker:
+                    # The one place app state is set: handlers reach it, typed, through `emr.api.context.Call`.
+                    app.state.services = ApiServices(settings, pipeline, services.store, services.terminology,
+                                                     bundles, worker, services.security)
+                    yield
+            finally:
+                await watch.stop()
 
     app = FastAPI(title="An Giang EMR", version=__version__, lifespan=lifespan,
                   description="FHIR R4 server of the An Giang hospitals' EMR.")
@@ -70,14 +75,15 @@ def create_app(settings: Settings | None = None, *, interceptors: Sequence[Inter
     app.include_router(terminology_router)
     app.include_router(matching_router)
     app.include_router(router)
-    _install_error_handlers(app)
+    _install_error_handlers(app, watch)
+    app.add_middleware(DatabaseGate, watch=watch)
     app.add_middleware(TimeLimit, seconds=settings.request_time_limit)  # inside the log: its 503 is logged
     app.add_middleware(RequestLog)
     install_headers(app, settings)
     return app
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _install_error_handlers(app: FastAPI, watch: DatabaseWatch) -> None:
     """Every failure becomes an OperationOutcome; nothing leaks as an HTML or bare 500 page."""
 
     @app.exception_handler(StoreError)
@@ -113,18 +119,12 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def request_error(request: Request, exc: RequestValidationError) -> Response:
         return outcome_response(400, [Issue("invalid", str(exc))], pretty=is_pretty(request))
 
-    last_said = [-DATABASE_LOG_EVERY]
-
     @app.exception_handler(ConnectionFailure)  # server selection timed out, connection lost: the database is away
     async def database_away(request: Request, exc: ConnectionFailure) -> Response:
         request.state.reason = "database unreachable"
-        if time.monotonic() - last_said[0] >= DATABASE_LOG_EVERY:  # one plain line, not one per request
-            last_said[0] = time.monotonic()
-            log.error("the database is unreachable (%s: %s); requests are answered 503 until it is back",
-                      type(exc).__name__, str(exc).split(",")[0][:200])
-        return outcome_response(503, [Issue("transient", "The database is unreachable, so the request could not "
-                                                         "be completed; try again in a few seconds")],
-                                pretty=is_pretty(request), headers={"Retry-After": "5"})
+        watch.lost(exc)
+        response: Response = unreachable()
+        return response
 
     @app.exception_handler(Exception)  # the last resort: a failure outside `RequestLog`, which answers the rest
     async def unexpected(request: Request, exc: Exception) -> Response:

@@ -1,6 +1,6 @@
-"""The database goes away under a running `emr serve`: requests are answered 503 in seconds, not after 30 s; the
-log says so in one plain line; the embedded database is started again and service resumes by itself; and the
-server still stops in seconds."""
+"""The database goes away under a running `emr serve`: the first request is answered 503 within
+EMR_DATABASE_TIMEOUT, the next ones at once, not after 30 s; the log says so in one plain line; the embedded
+database is started again and service resumes by itself; and the server still stops in seconds."""
 
 from __future__ import annotations
 
@@ -70,13 +70,16 @@ def test_an_unreachable_database_answers_503_fast_and_the_server_still_stops_qui
         with httpx.Client(base_url=base, headers=headers, timeout=60) as fhir:
             assert fhir.get("/Patient").status_code == 200
             database.close()  # the database server stops, and nobody starts it again
-            for _ in range(3):
+            took = []
+            for _ in range(4):
                 started = time.monotonic()
                 answer = fhir.get("/Patient")
-                took = time.monotonic() - started
+                took.append(time.monotonic() - started)
                 assert answer.status_code == 503, answer.text
                 assert "database is unreachable" in answer.json()["issue"][0]["diagnostics"]
-                assert took < float(TIMEOUT) + 3, took
+                assert answer.headers["Retry-After"]
+            assert took[0] < float(TIMEOUT) + 3, took  # the first finds out, within EMR_DATABASE_TIMEOUT
+            assert max(took[1:]) < 0.5, took  # the rest are told at once
             assert fhir.get("/metadata").status_code == 200  # the server itself still answers
     finally:
         stopped = time.monotonic()
